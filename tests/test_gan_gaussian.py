@@ -1,0 +1,213 @@
+"""gan_gaussian.py: the equations on hand-computed values, and the shared contract end to end."""
+import csv
+import math
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import gan_gaussian as gg
+from conftest import ROOT
+
+HEADER = "epoch,iteration,loss_d,loss_g,d_x,d_g_z,samples_per_s,elapsed_s"
+
+
+# ---- the equations ----
+
+def test_moments_by_hand():
+    # [1, 2, 3, 4]: mean 2.5, var 1.25, skew 0, m4 = 2.5625 -> kurtosis 2.5625 / 1.5625 - 3 = -1.36
+    # [0, 0, 0, 4]: mean 1, var 3, m3 = 6 -> skew 6 / 3^1.5, m4 = 21 -> kurtosis 21 / 9 - 3
+    x = torch.tensor([[1.0, 2, 3, 4], [0, 0, 0, 4]])
+    expected = torch.tensor([[2.5, math.sqrt(1.25), 0, -1.36], [1, math.sqrt(3), 6 / 3 ** 1.5, 21 / 9 - 3]])
+    torch.testing.assert_close(gg.moments(x), expected)
+
+
+def test_d_loss_is_eq1_negated():
+    # -(log D(x) + log(1 - D(G(z)))) with D = sigmoid(logit)
+    real, fake = torch.tensor([2.0]), torch.tensor([-1.0])
+    by_hand = -(math.log(1 / (1 + math.exp(-2))) + math.log(1 - 1 / (1 + math.exp(1))))
+    assert gg.d_loss(real, fake).item() == pytest.approx(by_hand, abs=1e-6)
+    assert gg.d_loss(torch.zeros(3), torch.zeros(3)).item() == pytest.approx(2 * math.log(2), abs=1e-6)
+
+
+def test_g_loss_is_non_saturating():
+    # -log D(G(z)), not log(1 - D(G(z))): at logit -1 that is log(1 + e)
+    assert gg.g_loss(torch.tensor([-1.0])).item() == pytest.approx(math.log(1 + math.e), abs=1e-6)
+
+
+def test_r1_penalty_of_a_linear_d_is_its_squared_weight():
+    w = torch.tensor([3.0, -4.0])
+    x = torch.randn(5, 2, requires_grad=True)
+    assert gg.r1_penalty(x @ w, x).item() == pytest.approx(25.0)
+
+
+def test_ks_distance_by_hand():
+    assert gg.ks_distance(torch.tensor([4.0]), 4.0, 1.25) == pytest.approx(0.5)
+    # two points at the quartiles: the empirical CDF steps 0 -> 0.5 -> 1 where the true one is 0.25, 0.75
+    q = 1.25 * math.sqrt(2) * torch.erfinv(torch.tensor([-0.5, 0.5])) + 4
+    assert gg.ks_distance(q, 4.0, 1.25) == pytest.approx(0.25, abs=1e-6)
+
+
+# ---- the contract ----
+
+def weights(out):
+    return torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)["G"]
+
+
+def test_dry_run_writes_every_output(run):
+    code, out, err = run(gg.main, ["--dry-run", "--output-dir", "d"])
+    assert code == 0, err
+    for name in ("checkpoint.pt", "log.csv", "loss.png", "histogram.png", "progress.gif"):
+        assert os.path.getsize(os.path.join("d", name)) > 0, name
+    with open("d/log.csv") as f:
+        lines = f.read().splitlines()
+    assert lines[0].startswith(HEADER + ",real_mean")
+    assert len(lines) == 3  # header + one row per epoch of the 2-epoch dry run
+    assert "loss_D" in out and "D(G(z))" in out and "samples/s" in out and "ETA" in out
+    ckpt = torch.load("d/checkpoint.pt", weights_only=True)
+    for key in ("G", "D", "opt_G", "opt_D", "epoch", "iteration", "rng", "fixed_noise", "args", "torch_version"):
+        assert key in ckpt, key
+    assert ckpt["epoch"] == 2 and ckpt["script"] == "gan_gaussian"
+
+
+def test_same_seed_same_run_other_seed_other_run(run):
+    for out, seed in (("a", 3), ("b", 3), ("c", 4)):
+        assert run(gg.main, ["--epochs", 20, "--seed", seed, "--output-dir", out])[0] == 0
+    a, b, c = weights("a"), weights("b"), weights("c")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+@pytest.mark.parametrize("preprocess", ["moments", "raw"])
+def test_interrupted_and_resumed_equals_uninterrupted(run, monkeypatch, preprocess):
+    common = ["--epochs", 30, "--log-every", 7, "--preprocess", preprocess]
+    assert run(gg.main, common + ["--output-dir", "whole"])[0] == 0
+
+    real_epoch, calls = gg.train_epoch, []
+
+    def epoch_then_sigterm(*a):
+        calls.append(1)
+        if len(calls) == 12:
+            signal.raise_signal(signal.SIGTERM)  # arrives mid-epoch; the loop stops after it
+        return real_epoch(*a)
+
+    monkeypatch.setattr(gg, "train_epoch", epoch_then_sigterm)
+    code, out, _ = run(gg.main, common + ["--output-dir", "split"])
+    assert code == 130 and "--resume --output-dir split" in out
+    assert torch.load("split/checkpoint.pt", weights_only=True)["epoch"] == 12
+    monkeypatch.setattr(gg, "train_epoch", real_epoch)
+    assert run(gg.main, ["--resume", "--output-dir", "split"])[0] == 0
+
+    whole, split = weights("whole"), weights("split")
+    assert all(torch.equal(whole[k], split[k]) for k in whole)
+    with open("whole/log.csv") as f, open("split/log.csv") as g:
+        epochs_whole = [int(r["epoch"]) for r in csv.DictReader(f)]
+        epochs_split = [int(r["epoch"]) for r in csv.DictReader(g)]
+    assert epochs_split == sorted(set(epochs_split)) and set(epochs_whole) <= set(epochs_split)
+
+
+def test_sigterm_saves_and_exits_130():
+    out = "killed"
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "gan_gaussian.py"), "--epochs", "1000000",
+                             "--log-every", "20", "--output-dir", out],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not os.path.exists(os.path.join(out, "checkpoint.pt")) and time.time() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert f"--resume --output-dir {out}" in stdout
+    assert torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)["epoch"] > 0
+
+
+def test_generate_writes_samples_in_eval_mode(run, monkeypatch):
+    assert run(gg.main, ["--dry-run", "--output-dir", "d"])[0] == 0
+    modes = []
+    real_forward = gg.Generator.forward
+    monkeypatch.setattr(gg.Generator, "forward", lambda self, z: modes.append(self.training) or real_forward(self, z))
+    code, out, _ = run(gg.main, ["--generate", 123, "--output-dir", "d"])
+    assert code == 0 and modes == [False]
+    x = np.load("d/samples.npy")
+    assert x.shape == (123,) and np.isfinite(x).all()
+    assert "KS distance" in out
+
+
+def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(run, monkeypatch):
+    real_loss, calls = gg.d_loss, []
+
+    def loss_that_breaks(*a):
+        calls.append(1)
+        return real_loss(*a) * (float("nan") if len(calls) > 12 else 1.0)
+
+    monkeypatch.setattr(gg, "d_loss", loss_that_breaks)
+    code, _, err = run(gg.main, ["--epochs", 50, "--log-every", 5, "--output-dir", "d"])
+    assert code == 1 and err.startswith("error: training diverged") and len(err.splitlines()) == 1
+    ckpt = torch.load("d/checkpoint.pt", weights_only=True)
+    assert ckpt["epoch"] == 10
+    assert all(torch.isfinite(v).all() for v in ckpt["G"].values())
+
+
+def one_line_error(run, argv):
+    code, _, err = run(gg.main, argv)
+    assert code == 2, err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+    return err
+
+
+@pytest.mark.parametrize("argv", [
+    ["--batch-size", "0"], ["--epochs", "-3"], ["--epochs", "many"], ["--std", "0"], ["--r1", "-1"],
+    ["--preprocess", "cubes"], ["--device", "tpu"], ["--generate", "0"], ["--no-such-flag"],
+    ["--resume", "--generate", "5"],
+])
+def test_bad_options_get_one_line(run, argv):
+    one_line_error(run, argv + ["--output-dir", "d"])
+    assert not os.path.exists("d")
+
+
+def test_bad_checkpoints_get_one_line_and_are_kept(run):
+    assert run(gg.main, ["--dry-run", "--output-dir", "d"])[0] == 0
+    before = open("d/checkpoint.pt", "rb").read()
+    assert "exists" in one_line_error(run, ["--dry-run", "--output-dir", "d"])  # would overwrite it
+    assert "--noise-size" in one_line_error(run, ["--resume", "--noise-size", "8", "--output-dir", "d"])
+    assert "--preprocess" in one_line_error(run, ["--generate", "5", "--preprocess", "raw", "--output-dir", "d"])
+    assert open("d/checkpoint.pt", "rb").read() == before
+    assert "no checkpoint" in one_line_error(run, ["--resume", "--output-dir", "empty"])
+
+    os.makedirs("corrupt")
+    with open("corrupt/checkpoint.pt", "wb") as f:
+        f.write(before[: len(before) // 2])
+    assert "cannot read" in one_line_error(run, ["--resume", "--output-dir", "corrupt"])
+
+    os.makedirs("other")
+    ckpt = torch.load("d/checkpoint.pt", weights_only=True)
+    torch.save(dict(ckpt, script="dcgan"), "other/checkpoint.pt")
+    assert "dcgan.py" in one_line_error(run, ["--generate", "5", "--output-dir", "other"])
+
+
+def test_loading_a_checkpoint_never_runs_code(run):
+    class Payload:
+        def __reduce__(self):
+            return (os.mkdir, ("pwned",))
+
+    os.makedirs("evil")
+    with open("evil/checkpoint.pt", "wb") as f:
+        pickle.dump({"args": {}, "script": "gan_gaussian", "x": Payload()}, f)
+    one_line_error(run, ["--resume", "--output-dir", "evil"])
+    assert not os.path.exists("pwned")
+
+
+def test_output_dir_that_is_a_file(run):
+    open("file", "w").close()
+    one_line_error(run, ["--dry-run", "--output-dir", "file"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is here")
+def test_unavailable_device(run):
+    assert "cuda" in one_line_error(run, ["--dry-run", "--device", "cuda", "--output-dir", "d"])

@@ -1,0 +1,63 @@
+"""Pictures the scripts share: image grids, sample files, the progress GIF and the loss plot.
+
+Only what two or more scripts need lives here, and nothing paper-specific: each script keeps its
+own models, data, training loop and run plumbing, so that one script plus this file can be copied
+out and run.
+"""
+import csv
+import os
+
+import imageio.v3 as iio
+import numpy as np
+import torch
+
+
+def to_uint8(images):
+    """(N, C, H, W) floats in [-1, 1] -> (N, H, W, C) uint8 array, the form image files take."""
+    images = images.detach().float().cpu().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
+    return images.permute(0, 2, 3, 1).numpy()
+
+
+def save_grid(images, path, nrow=8):
+    """Tile (N, C, H, W) images in [-1, 1] into one PNG, nrow per row (tiling by torchvision)."""
+    from torchvision.utils import make_grid  # imported here: torchvision adds 1.5 s to gan_gaussian's start
+    grid = make_grid(images.detach().float().cpu(), nrow=nrow, padding=2, pad_value=1.0)  # white gaps
+    iio.imwrite(path, to_uint8(grid[None])[0])
+
+
+def save_images(images, folder, start=0):
+    """Write (N, C, H, W) images in [-1, 1] as folder/000000.png, 000001.png, ... from index start."""
+    for i, image in enumerate(to_uint8(images), start):
+        iio.imwrite(os.path.join(folder, f"{i:06d}.png"), image[..., 0] if image.shape[-1] == 1 else image)
+
+
+def save_gif(frames, path, seconds_per_frame=0.5):
+    """Write frames (H, W, 3 uint8 arrays, or paths of equal-sized images) as a looping GIF."""
+    frames = [iio.imread(f) if isinstance(f, (str, os.PathLike)) else f for f in frames]
+    iio.imwrite(path, np.stack(frames), extension=".gif", duration=round(1000 * seconds_per_frame), loop=0)
+
+
+def plot_log(csv_path, png_path, title=""):
+    """Plot log.csv: the two losses, and D's mean output on real and generated data, by iteration."""
+    import matplotlib
+    matplotlib.use("Agg")  # files only, no window
+    import matplotlib.pyplot as plt
+
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    column = {k: [float(r[k]) for r in rows] for k in ("iteration", "loss_d", "loss_g", "d_x", "d_g_z")}
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 5.5), sharex=True)
+    top.plot(column["iteration"], column["loss_d"], label="loss_D")
+    top.plot(column["iteration"], column["loss_g"], label="loss_G")
+    top.set_ylabel("loss")
+    top.set_title(title)
+    bottom.plot(column["iteration"], column["d_x"], label="D(x)")
+    bottom.plot(column["iteration"], column["d_g_z"], label="D(G(z))")
+    bottom.set_ylabel("mean D output")
+    bottom.set_xlabel("iteration")
+    for ax in (top, bottom):
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper right")
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
