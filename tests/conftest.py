@@ -27,3 +27,72 @@ def run(capsys):
         out, err = capsys.readouterr()
         return code, out, err
     return call
+
+
+def write_idx(path, array, gz=False):
+    """Write a uint8 array in the idx format of MNIST: magic 0x0803 (images) or 0x0801 (labels)."""
+    import gzip
+    import struct
+    header = struct.pack(">I", 0x0800 + array.ndim) + b"".join(struct.pack(">I", d) for d in array.shape)
+    with (gzip.open(path + ".gz", "wb") if gz else open(path, "wb")) as f:
+        f.write(header + array.astype("uint8").tobytes())
+
+
+def make_mnist(root, folder="MNIST", n=40, gz=False, seed=0):
+    """A tiny MNIST (or FashionMNIST) in torchvision's layout: root/<folder>/raw/, all four files."""
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    raw = os.path.join(root, folder, "raw")
+    os.makedirs(raw, exist_ok=True)
+    for split, count in (("train", n), ("t10k", 10)):
+        images = np.zeros((count, 28, 28), np.uint8)
+        for i, image in enumerate(images):  # a bright bar at a random place, on black, like a stroke
+            r, c = rng.integers(4, 20, size=2)
+            image[r:r + 8, c:c + 3] = 255
+        write_idx(os.path.join(raw, f"{split}-images-idx3-ubyte"), images, gz)
+        write_idx(os.path.join(raw, f"{split}-labels-idx1-ubyte"), rng.integers(0, 10, count), gz)
+    return str(root)
+
+
+def make_cifar10(root, n=20, seed=0):
+    """A tiny CIFAR-10 in its python pickle layout: root/cifar-10-batches-py/{data_batch_1..5, test_batch,
+    batches.meta}. torchvision checks the real files' md5: tests patch cifar.check_integrity."""
+    import pickle
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    folder = os.path.join(root, "cifar-10-batches-py")
+    os.makedirs(folder, exist_ok=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {"data": rng.integers(0, 256, (n, 3 * 32 * 32), dtype=np.uint8), "labels": list(rng.integers(0, 10, n))}
+        with open(os.path.join(folder, name), "wb") as f:
+            pickle.dump(batch, f)
+    with open(os.path.join(folder, "batches.meta"), "wb") as f:
+        pickle.dump({"label_names": [f"class{i}" for i in range(10)]}, f)
+    return str(root)
+
+
+def make_image_folder(root, sub="images", n=12, size=(40, 30), seed=0):
+    """root/sub/0000.jpg ...: the layout ImageFolder reads (CelebA's img_align_celeba, LFW, a folder)."""
+    import imageio.v3 as iio
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    os.makedirs(os.path.join(root, sub), exist_ok=True)
+    for i in range(n):
+        iio.imwrite(os.path.join(root, sub, f"{i:04d}.jpg"), rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+    return str(root)
+
+
+def make_lsun(root, category="bedroom", n=12, size=(48, 36), seed=0):
+    """root/<category>_train_lmdb: an lmdb whose values are encoded images, as LSUN's are (webp there)."""
+    import imageio.v3 as iio
+    import lmdb
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    os.makedirs(root, exist_ok=True)
+    env = lmdb.open(os.path.join(root, f"{category}_train_lmdb"), map_size=1 << 24)
+    with env.begin(write=True) as txn:
+        for i in range(n):
+            image = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+            txn.put(f"{i:040x}".encode(), iio.imwrite("<bytes>", image, extension=".png"))
+    env.close()
+    return str(root)

@@ -1,0 +1,237 @@
+"""dcgan.py: the paper's networks and losses, every dataset format (tiny files written in the real
+formats into a temp dir, read offline by the real loaders), and the shared contract."""
+import math
+import os
+import signal
+import subprocess
+import sys
+
+import imageio.v3 as iio
+import pytest
+import torch
+import torch.nn as nn
+import torchvision
+
+import dcgan
+from conftest import ROOT, make_cifar10, make_image_folder, make_lsun, make_mnist
+
+HEADER = "epoch,iteration,loss_d,loss_g,d_x,d_g_z,samples_per_s,elapsed_s"
+
+
+def weights(out):
+    return torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)["G"]
+
+
+def one_line_error(run, argv, module=dcgan):
+    code, _, err = run(module.main, argv)
+    assert code == 2, err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+    return err
+
+
+# ---- the paper ----
+
+def test_the_64x64_networks_are_the_torch_reference_layer_list():
+    G, D = dcgan.Generator(100, 64, 3, 64), dcgan.Discriminator(64, 3, 64)
+    convs = [m for m in G.modules() if isinstance(m, nn.ConvTranspose2d)]
+    assert [(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding) for m in convs] == [
+        (100, 512, (4, 4), (1, 1), (0, 0)), (512, 256, (4, 4), (2, 2), (1, 1)), (256, 128, (4, 4), (2, 2), (1, 1)),
+        (128, 64, (4, 4), (2, 2), (1, 1)), (64, 3, (4, 4), (2, 2), (1, 1))]
+    convs = [m for m in D.modules() if isinstance(m, nn.Conv2d)]
+    assert [(m.in_channels, m.out_channels, m.stride) for m in convs] == [
+        (3, 64, (2, 2)), (64, 128, (2, 2)), (128, 256, (2, 2)), (256, 512, (2, 2)), (512, 1, (1, 1))]
+    assert all(m.bias is None for m in G.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)))
+    assert all(m.bias is None for m in D.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)))
+    # BatchNorm everywhere but G's output and D's input; ReLU/Tanh in G, LeakyReLU(0.2) in D; no Sigmoid.
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in G.modules()) == 4
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in D.modules()) == 3
+    assert isinstance(D.net[1], nn.LeakyReLU) and D.net[1].negative_slope == 0.2
+    assert isinstance(G.net[-1], nn.Tanh) and isinstance(D.net[-1], nn.Conv2d)
+    assert not any(isinstance(m, (nn.Linear, nn.MaxPool2d, nn.Sigmoid)) for m in list(G.modules()) + list(D.modules()))
+
+
+@pytest.mark.parametrize("size,blocks", [(32, 2), (64, 3), (128, 4), (256, 5)])
+def test_every_image_size(size, blocks):
+    G, D = dcgan.Generator(8, 4, 3, size), dcgan.Discriminator(4, 3, size)
+    images = G(torch.randn(2, 8))
+    assert images.shape == (2, 3, size, size)
+    assert D(images).shape == (2,)
+    assert sum(isinstance(m, nn.ConvTranspose2d) for m in G.modules()) == blocks + 2
+
+
+def test_weights_start_from_n_0_002():
+    G = dcgan.Generator()
+    G.apply(dcgan.init_weights)
+    w = G.net[0].weight
+    assert abs(w.mean().item()) < 1e-3 and w.std().item() == pytest.approx(0.02, rel=0.02)
+
+
+def test_d_loss_is_eq1_negated_and_g_loss_non_saturating():
+    real, fake = torch.tensor([2.0, 0.0]), torch.tensor([-1.0, 1.0])
+    sig = lambda v: 1 / (1 + math.exp(-v))
+    by_hand = -(math.log(sig(2)) + math.log(sig(0))) / 2 - (math.log(1 - sig(-1)) + math.log(1 - sig(1))) / 2
+    assert dcgan.d_loss(real, fake).item() == pytest.approx(by_hand, abs=1e-6)
+    assert dcgan.g_loss(fake).item() == pytest.approx(-(math.log(sig(-1)) + math.log(sig(1))) / 2, abs=1e-6)
+
+
+def test_samples_use_running_statistics_and_leave_them_alone():
+    G = dcgan.Generator(8, 4, 1, 32)
+    z = torch.randn(6, 8)
+    before = [b.clone() for b in G.buffers()]
+    one, all_ = dcgan.sample(G, z[:1]), dcgan.sample(G, z)
+    assert torch.allclose(one[0], all_[0], atol=1e-6)  # an image depends on its own z only
+    assert all(torch.equal(a, b) for a, b in zip(before, G.buffers())) and G.training
+
+
+# ---- every dataset format ----
+
+@pytest.fixture
+def no_cifar_md5(monkeypatch):
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *a, **k: True)
+
+
+def dry(data, out, *extra):
+    return ["--dry-run", "--dataroot", data, "--output-dir", out, "--workers", 0, *extra]
+
+
+def test_fake(run):
+    code, out, err = run(dcgan.main, ["--dataset", "fake", "--dry-run", "--output-dir", "d"])
+    assert code == 0, err
+    for name in ("checkpoint.pt", "log.csv", "loss.png", "real.png", "epoch_001.png", "progress.gif"):
+        assert os.path.getsize(os.path.join("d", name)) > 0, name
+    with open("d/log.csv") as f:
+        lines = f.read().splitlines()
+    assert lines[0] == HEADER and len(lines) == 3
+    assert "loss_D" in out and "D(G(z))" in out and "img/s" in out and "ETA" in out and "done" in out
+    assert iio.imread("d/epoch_001.png").shape == (8 * 66 + 2, 8 * 66 + 2, 3)
+
+
+def test_mnist_idx_at_32(run, tmp_path):
+    root = make_mnist(tmp_path / "m", gz=True)
+    assert run(dcgan.main, dry(root, "d", "--dataset", "mnist", "--image-size", 32))[0] == 0
+    assert iio.imread("d/real.png").shape[:2] == (5 * 34 + 2, 8 * 34 + 2)  # all 40 images, at 32x32
+
+
+def test_fashion_mnist(run, tmp_path):
+    root = make_mnist(tmp_path / "f", folder="FashionMNIST")
+    assert run(dcgan.main, dry(root, "d", "--dataset", "fashion-mnist"))[0] == 0
+
+
+def test_cifar10_pickles(run, tmp_path, no_cifar_md5):
+    root = make_cifar10(tmp_path / "c")
+    code, _, err = run(dcgan.main, dry(root, "d", "--dataset", "cifar10", "--image-size", 32))
+    assert code == 0, err
+
+
+def test_lsun_lmdb_with_a_worker(run, tmp_path):
+    root = make_lsun(tmp_path / "l")
+    code, _, err = run(dcgan.main, ["--dry-run", "--dataroot", root, "--output-dir", "d", "--dataset", "lsun",
+                                    "--classes", "bedroom", "--workers", 1])
+    assert code == 0, err
+    assert iio.imread("d/real.png").shape[:2] == (2 * 66 + 2, 8 * 66 + 2)  # 12 images
+
+
+@pytest.mark.parametrize("dataset", ["celeba", "folder", "lfw", "imagenet"])
+def test_image_folders_at_128(run, tmp_path, dataset):
+    root = make_image_folder(tmp_path / "i")
+    code, _, err = run(dcgan.main, dry(root, "d", "--dataset", dataset, "--image-size", 128))
+    assert code == 0, err
+
+
+# ---- the contract ----
+
+def test_interrupted_mid_epoch_and_resumed_equals_uninterrupted(run, tmp_path, monkeypatch):
+    root = make_mnist(tmp_path / "m", n=48)
+    common = ["--dataset", "mnist", "--dataroot", root, "--batch-size", 8, "--image-size", 32, "--epochs", 2,
+              "--log-every", 2, "--ngf", 8, "--ndf", 8]
+    assert run(dcgan.main, common + ["--output-dir", "whole"])[0] == 0
+
+    real_step, calls = dcgan.train_step, []
+
+    def step_then_sigterm(*a):
+        calls.append(1)
+        if len(calls) == 4:
+            signal.raise_signal(signal.SIGTERM)
+        return real_step(*a)
+
+    monkeypatch.setattr(dcgan, "train_step", step_then_sigterm)
+    code, out, _ = run(dcgan.main, common + ["--output-dir", "split"])
+    assert code == 130 and "--resume --output-dir split" in out
+    assert torch.load("split/checkpoint.pt", weights_only=True)["iteration"] == 4
+    monkeypatch.setattr(dcgan, "train_step", real_step)
+    assert run(dcgan.main, ["--resume", "--dataroot", root, "--output-dir", "split"])[0] == 0
+    whole, split = weights("whole"), weights("split")
+    assert all(torch.equal(whole[k], split[k]) for k in whole)
+    with open("whole/log.csv") as a, open("split/log.csv") as b:
+        assert [r.split(",")[:6] for r in a] == [r.split(",")[:6] for r in b]
+
+
+def test_generate_and_interpolate(run):
+    assert run(dcgan.main, ["--dataset", "fake", "--dry-run", "--output-dir", "d", "--image-size", 32])[0] == 0
+    assert run(dcgan.main, ["--generate", 7, "--output-dir", "d"])[0] == 0
+    assert sorted(os.listdir("d/samples")) == [f"{i:06d}.png" for i in range(7)]
+    assert iio.imread("d/samples/000006.png").shape == (32, 32, 3)
+    assert run(dcgan.main, ["--interpolate", "--output-dir", "d"])[0] == 0
+    assert iio.imread("d/interpolation.png").shape[:2] == (8 * 34 + 2, 10 * 34 + 2)
+    assert len(iio.imread("d/interpolation.gif", index=None)) == 18  # there and back
+
+
+def test_amp_and_channels_last_on_cpu(run):
+    code, out, err = run(dcgan.main, ["--dataset", "fake", "--dry-run", "--output-dir", "d", "--image-size", 32,
+                                      "--amp", "--channels-last"])
+    assert code == 0, err
+    assert "bfloat16" in out and "channels-last" in out
+
+
+def test_nan_stops_the_run(run, monkeypatch):
+    real_loss, calls = dcgan.d_loss, []
+    monkeypatch.setattr(dcgan, "d_loss", lambda *a: calls.append(1) or real_loss(*a) * float("nan"))
+    code, _, err = run(dcgan.main, ["--dataset", "fake", "--dry-run", "--output-dir", "d", "--image-size", 32])
+    assert code == 1 and err.startswith("error: training diverged") and len(err.splitlines()) == 1
+    assert not os.path.exists("d/checkpoint.pt")
+
+
+@pytest.mark.parametrize("argv,expect", [
+    (["--image-size", "48"], "--image-size"), (["--batch-size", "0"], "batch-size"), (["--dataset", "svhn"], "svhn"),
+    (["--lr", "-1"], "lr"), (["--workers", "x"], "workers"),
+])
+def test_bad_options_get_one_line(run, argv, expect):
+    assert expect in one_line_error(run, ["--dataset", "fake", "--output-dir", "d"] + argv)
+    assert not os.path.exists("d")
+
+
+def test_missing_data_says_what_to_put_where(run, monkeypatch):
+    assert "bedroom_train_lmdb" in one_line_error(run, ["--dataset", "lsun", "--dataroot", "none", "--output-dir", "d"])
+    assert "img_align_celeba" in one_line_error(run, ["--dataset", "celeba", "--dataroot", "none", "--output-dir", "d"])
+    monkeypatch.setattr(torchvision.datasets.MNIST, "mirrors", [])
+    assert "train-images" in one_line_error(run, ["--dataset", "mnist", "--dataroot", "none", "--output-dir", "d"])
+
+
+def test_bad_checkpoints_get_one_line_and_are_kept(run):
+    assert run(dcgan.main, ["--dataset", "fake", "--dry-run", "--output-dir", "d", "--image-size", 32])[0] == 0
+    before = open("d/checkpoint.pt", "rb").read()
+    assert "exists" in one_line_error(run, ["--dataset", "fake", "--dry-run", "--output-dir", "d"])
+    assert "--image-size" in one_line_error(run, ["--generate", 3, "--image-size", 64, "--output-dir", "d"])
+    assert "exclude" in one_line_error(run, ["--generate", 3, "--interpolate", "--output-dir", "d"])
+    assert open("d/checkpoint.pt", "rb").read() == before
+    os.makedirs("corrupt")
+    with open("corrupt/checkpoint.pt", "wb") as f:
+        f.write(before[:1000])
+    assert "cannot read" in one_line_error(run, ["--resume", "--output-dir", "corrupt"])
+
+
+def test_torchrun_two_processes_on_gloo(tmp_path):
+    """DDP on CPU: 2 processes, global batch 8 (4 each); rank 0 alone writes; the checkpoint resumes in one."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           os.path.join(ROOT, "dcgan.py"), "--dataset", "fake", "--dry-run", "--image-size", "32",
+           "--output-dir", str(tmp_path / "ddp"), "--device", "cpu"]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("done:") == 1 and "over 2 processes" in done.stdout
+    assert torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=True)["iteration"] == 2
+    one = subprocess.run([sys.executable, os.path.join(ROOT, "dcgan.py"), "--resume", "--dry-run", "--output-dir",
+                          str(tmp_path / "ddp")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=True)["iteration"] == 4
