@@ -35,7 +35,9 @@ Sample:  python dcgan.py --generate 10000 --output-dir output/dcgan   # -> outpu
 Walk:    python dcgan.py --interpolate --output-dir output/dcgan      # -> interpolation.png, .gif
 Several processes (one per GPU): torchrun --nproc_per_node 4 dcgan.py --dataset lsun ...
 
-Measured: __MEASURED__
+Measured (2-core x86-64 CPU, torch 2.14.1; README.md has the commands): MNIST at 64x64, defaults,
+seed 1, --epochs 1 (468 steps of 128): 1,064 s, 56 img/s; 10,000 samples score FID 527 with all
+10 digits present (../shared/tools/mnist_score.py; its real-data floor is 1.57).
 """
 import argparse
 import csv
@@ -224,7 +226,7 @@ def sample(G, z):
 
     Eval mode makes each image a function of its own z alone, whatever else is in the batch, and leaves
     the running statistics untouched. The authors' code samples in training mode (batch statistics);
-    measured here on MNIST after one epoch, eval mode scored as well or better: README.md."""
+    measured on MNIST after one epoch of dcgan.py, the two score alike (FID 527 eval, 525 batch)."""
     was_training = G.training
     G.eval()
     with torch.no_grad():
