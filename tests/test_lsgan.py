@@ -1,0 +1,168 @@
+"""lsgan.py: Eq. 2 for both codings on hand-computed values, the paper's network, the mixture
+experiment, every dataset format (tiny files in the real formats, offline), and the contract."""
+import json
+import math
+import os
+import signal
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torchvision
+
+import lsgan
+from conftest import make_cifar10, make_image_folder, make_lsun, make_mnist
+
+
+def one_line_error(run, argv):
+    code, _, err = run(lsgan.main, argv)
+    assert code == 2, err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+    return err
+
+
+# ---- Eq. 2 ----
+
+REAL, FAKE = torch.tensor([0.5, 2.0]), torch.tensor([-1.0, 0.0])
+
+
+def test_d_and_g_losses_with_the_0_1_1_coding():
+    # a = 0, b = 1: 1/2 mean((0.5-1)^2, (2-1)^2) + 1/2 mean((-1-0)^2, (0-0)^2) = 1/2*0.625 + 1/2*0.5
+    assert lsgan.d_loss(REAL, FAKE, "ls", "0-1-1").item() == pytest.approx(0.5625)
+    # c = 1: 1/2 mean((-1-1)^2, (0-1)^2) = 1/2 * 2.5
+    assert lsgan.g_loss(FAKE, "ls", "0-1-1").item() == pytest.approx(1.25)
+
+
+def test_d_and_g_losses_with_the_pearson_coding():
+    # a = -1, b = 1: 1/2*0.625 + 1/2 mean((-1+1)^2, (0+1)^2) = 0.3125 + 0.25
+    assert lsgan.d_loss(REAL, FAKE, "ls", "pearson").item() == pytest.approx(0.5625)
+    # c = 0: 1/2 mean(1, 0)
+    assert lsgan.g_loss(FAKE, "ls", "pearson").item() == pytest.approx(0.25)
+    a, b, c = lsgan.CODINGS["pearson"]
+    assert (b - c, b - a) == (1, 2)  # the conditions of section 3.2
+
+
+def test_the_mean_of_squares_not_the_square_of_the_mean():
+    scores = torch.tensor([0.0, 2.0])  # mean 1 = b, yet each is 1 away from it
+    assert lsgan.d_loss(scores, torch.zeros(2), "ls", "0-1-1").item() == pytest.approx(0.5)
+
+
+def test_the_regular_loss_on_the_same_scores():
+    sig = lambda v: 1 / (1 + math.exp(-v))
+    by_hand = -(math.log(sig(0.5)) + math.log(sig(2))) / 2 - (math.log(1 - sig(-1)) + math.log(1 - sig(0))) / 2
+    assert lsgan.d_loss(REAL, FAKE, "bce").item() == pytest.approx(by_hand, abs=1e-6)
+    assert lsgan.g_loss(FAKE, "bce").item() == pytest.approx(-(math.log(sig(-1)) + math.log(sig(0))) / 2, abs=1e-6)
+
+
+# ---- the networks ----
+
+def test_the_paper_network_at_112():
+    G, D = lsgan.LSGANGenerator(1024, 3, 112), lsgan.LSGANDiscriminator(3, 112)
+    assert G.fc[0].out_features == 7 * 7 * 256
+    deconvs = [m for m in G.modules() if isinstance(m, nn.ConvTranspose2d)]
+    assert [(m.out_channels, m.kernel_size, m.stride) for m in deconvs] == [
+        (256, (3, 3), (2, 2)), (256, (3, 3), (1, 1)), (256, (3, 3), (2, 2)), (256, (3, 3), (1, 1)),
+        (128, (3, 3), (2, 2)), (64, (3, 3), (2, 2)), (3, (3, 3), (1, 1))]
+    convs = [m for m in D.modules() if isinstance(m, nn.Conv2d)]
+    assert [(m.out_channels, m.kernel_size, m.stride) for m in convs] == [
+        (64, (5, 5), (2, 2)), (128, (5, 5), (2, 2)), (256, (5, 5), (2, 2)), (512, (5, 5), (2, 2))]
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in D.modules()) == 3  # after the first convolution only
+    assert isinstance(D.net[-1], nn.Linear) and not any(isinstance(m, nn.Sigmoid) for m in D.modules())
+    images = G(torch.randn(2, 1024))
+    assert images.shape == (2, 3, 112, 112) and D(images).shape == (2,)
+
+
+def test_the_paper_network_at_64_starts_from_4x4():
+    G = lsgan.LSGANGenerator(16, 1, 64)
+    assert G.fc[0].out_features == 4 * 4 * 256 and G(torch.randn(2, 16)).shape == (2, 1, 64, 64)
+
+
+# ---- the mixture experiment ----
+
+def test_mixture_scores():
+    centres = lsgan.mixture_centres()
+    assert torch.allclose(centres.norm(dim=1), torch.full((8,), 2.0))
+    points = torch.cat([centres[:3].repeat(30, 1), torch.zeros(10, 2)])  # 3 modes, 90 of 100 points on them
+    scores = lsgan.mixture_scores(points)
+    assert scores["modes"] == 3 and scores["share_within_3sigma"] == pytest.approx(0.9)
+
+
+@pytest.fixture
+def short_mixture(monkeypatch):
+    monkeypatch.setattr(lsgan, "MIXTURE_EPOCH", 64)  # 8 iterations of 8 points per epoch
+
+
+@pytest.mark.parametrize("loss", ["ls", "bce"])
+def test_mixture_run_writes_scatter_plots_and_metrics(run, short_mixture, loss):
+    code, out, err = run(lsgan.main, ["--dataset", "mixture8", "--loss", loss, "--batch-size", 8, "--epochs", 2,
+                                      "--output-dir", "m"])
+    assert code == 0, err
+    for name in ("real.png", "epoch_001.png", "epoch_002.png", "progress.gif", "loss.png", "log.csv"):
+        assert os.path.getsize(os.path.join("m", name)) > 0, name
+    with open("m/metrics.json") as f:
+        metrics = json.load(f)
+    assert 0 <= metrics["modes"] <= 8 and 0 <= metrics["share_within_3sigma"] <= 1
+    assert "modes covered" in out
+    assert run(lsgan.main, ["--generate", 300, "--output-dir", "m"])[0] == 0
+    assert np.load("m/samples.npy").shape == (300, 2)
+    assert "points" in one_line_error(run, ["--interpolate", "--output-dir", "m"])
+
+
+def test_mixture_interrupted_and_resumed_equals_uninterrupted(run, short_mixture, monkeypatch):
+    common = ["--dataset", "mixture8", "--batch-size", 8, "--epochs", 2, "--log-every", 3]
+    assert run(lsgan.main, common + ["--output-dir", "whole"])[0] == 0
+    real_step, calls = lsgan.train_step, []
+
+    def step_then_sigint(*a):
+        calls.append(1)
+        if len(calls) == 5:
+            signal.raise_signal(signal.SIGINT)
+        return real_step(*a)
+
+    monkeypatch.setattr(lsgan, "train_step", step_then_sigint)
+    code, out, _ = run(lsgan.main, common + ["--output-dir", "split"])
+    assert code == 130 and "--resume" in out
+    monkeypatch.setattr(lsgan, "train_step", real_step)
+    assert run(lsgan.main, ["--resume", "--output-dir", "split"])[0] == 0
+    whole = torch.load("whole/checkpoint.pt", weights_only=True)
+    split = torch.load("split/checkpoint.pt", weights_only=True)
+    assert all(torch.equal(whole["G"][k], split["G"][k]) for k in whole["G"])
+    assert split["args"]["lr_d"] == 1e-4 and split["args"]["nz"] == 256  # the mixture's defaults, kept
+
+
+# ---- images: every format, both networks and codings ----
+
+@pytest.mark.parametrize("extra", [["--arch", "dcgan"], ["--arch", "lsgan", "--coding", "pearson"],
+                                   ["--arch", "lsgan", "--image-size", "112", "--loss", "bce"]])
+def test_fake_data_each_network(run, extra):
+    code, out, err = run(lsgan.main, ["--dataset", "fake", "--dry-run", "--output-dir", "d"] + extra)
+    assert code == 0, err
+    for name in ("checkpoint.pt", "log.csv", "loss.png", "real.png", "epoch_001.png", "progress.gif"):
+        assert os.path.getsize(os.path.join("d", name)) > 0, name
+    assert run(lsgan.main, ["--generate", 3, "--output-dir", "d"])[0] == 0
+    assert len(os.listdir("d/samples")) == 3
+
+
+def test_real_formats(run, tmp_path, monkeypatch):
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *a, **k: True)
+    cases = [("mnist", make_mnist(tmp_path / "m")), ("cifar10", make_cifar10(tmp_path / "c")),
+             ("lsun", make_lsun(tmp_path / "l")), ("celeba", make_image_folder(tmp_path / "i"))]
+    for dataset, root in cases:
+        code, _, err = run(lsgan.main, ["--dry-run", "--dataset", dataset, "--dataroot", root, "--workers", 0,
+                                        "--image-size", 32, "--output-dir", dataset])
+        assert code == 0, (dataset, err)
+
+
+@pytest.mark.parametrize("argv,expect", [
+    (["--coding", "1-2-3"], "--coding"), (["--arch", "lsgan", "--image-size", "48"], "--image-size"),
+    (["--loss", "hinge"], "--loss"), (["--batch-size", "0"], "--batch-size"), (["--lr-d", "0"], "--lr-d"),
+])
+def test_bad_options_get_one_line(run, argv, expect):
+    assert expect in one_line_error(run, ["--dataset", "fake", "--output-dir", "d"] + argv)
+    assert not os.path.exists("d")
+
+
+def test_checkpoint_of_another_network_gets_one_line(run):
+    assert run(lsgan.main, ["--dataset", "fake", "--dry-run", "--output-dir", "d", "--image-size", 32])[0] == 0
+    assert "--arch" in one_line_error(run, ["--generate", 2, "--arch", "lsgan", "--output-dir", "d"])
