@@ -284,9 +284,10 @@ def train(args, ckpt, world):
         world.say(f"{SCRIPT}: autocast to {amp.dtype}" + (" with a GradScaler" if amp.scaler.is_enabled() else ""))
     if args.channels_last:
         world.say(f"{SCRIPT}: channels-last memory layout")
-    out = make_output_dir(args.output_dir) if world.rank == 0 else args.output_dir
-    log = CsvLog(os.path.join(out, "log.csv"), LOG_COLUMNS, keep_until=iteration if ckpt else None) if world.rank == 0 else None
-    if world.rank == 0:
+    out, log = args.output_dir, None
+    if world.rank == 0:  # process 0 alone writes
+        make_output_dir(out)
+        log = CsvLog(os.path.join(out, "log.csv"), LOG_COLUMNS, keep_until=iteration if ckpt else None)
         save_grid(data.real_sample(64), os.path.join(out, "real.png"))
     total = args.epochs * iterations
     last = min(total, iteration + 2) if args.dry_run else total
@@ -542,17 +543,13 @@ class World:
         self.size = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.flags = None
+        self.device = pick_device(device_name)
         if self.size > 1:
-            local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-            device = pick_device(device_name)
-            if device.type == "cuda":
-                device = torch.device("cuda", local_rank)
-                torch.cuda.set_device(device)
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+            if self.device.type == "cuda":  # one GPU per process
+                self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+                torch.cuda.set_device(self.device)
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
             self.flags = dist.new_group(backend="gloo")  # a CPU group for the per-step stop flag
-            self.device = device
-        else:
-            self.device = pick_device(device_name)
 
     def say(self, text):
         if self.rank == 0:
@@ -605,21 +602,23 @@ def positive_int(text):
     return int(text)
 
 
-def positive_float(text):
+def to_float(text):
+    """The number in text, or NaN (which every range check below rejects)."""
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
-        value = float("nan")
+        return float("nan")
+
+
+def positive_float(text):
+    value = to_float(text)
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
     return value
 
 
 def probability(text):
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
+    value = to_float(text)
     if not 0 <= value < 1:
         raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
     return value
