@@ -173,7 +173,7 @@ def one_line_error(run, argv):
 
 
 @pytest.mark.parametrize("argv", [
-    ["--batch-size", "0"], ["--dataset", "cifar"], ["--dropout", "1.5"], ["--learning-rate", "0"],
+    ["--batch-size", "0"], ["--dataset", "cifar"], ["--dropout", "1.5"], ["--learning-rate", "0"], ["--learning-rate-d", "-1"],
     ["--g-loss", "wasserstein"], ["--epochs", "0"], ["--generate", "-1"],
 ])
 def test_bad_options_get_one_line(run, data, argv):
