@@ -37,7 +37,10 @@ Several processes (one per GPU): torchrun --nproc_per_node 4 dcgan.py --dataset 
 
 Measured (2-core x86-64 CPU, torch 2.14.1; README.md has the commands): MNIST at 64x64, defaults,
 seed 1, --epochs 1 (468 steps of 128): 1,064 s, 56 img/s; 10,000 samples score FID 527 with all
-10 digits present (../shared/tools/mnist_score.py; its real-data floor is 1.57).
+10 digits present (../shared/tools/mnist_score.py; its real-data floor is 1.57). That run was
+contiguous (NCHW); the CPU now defaults to channels-last, 1.12x faster on --dataset fake. CelebA
+sample (10,000 faces), --epochs 3: 468 s, 64 img/s, rough faces (README.md shows the grid and walks).
+On the CPU, --dataset fake at batch 64: 63.9 img/s, 1.25x the common PyTorch example's step.
 """
 import argparse
 import csv
@@ -88,9 +91,10 @@ def build_parser():
     g.add_argument("--lr", type=positive_float, default=2e-4, help="Adam's rate (paper: 2e-4)")
     g.add_argument("--beta1", type=probability, default=0.5, help="Adam's beta1 (paper: 0.5)")
     g.add_argument("--beta2", type=probability, default=0.999, help="Adam's beta2 (paper: Adam's default)")
-    g = p.add_argument_group("speed (opt-in)")
+    g = p.add_argument_group("speed")
     g.add_argument("--amp", action="store_true", help="autocast to bfloat16 (float16 + GradScaler on GPUs without bf16)")
-    g.add_argument("--channels-last", action="store_true", help="NHWC memory layout for images and weights")
+    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="NHWC memory layout for images and weights (default: on for the CPU, off elsewhere)")
     g.add_argument("--compile", action="store_true", help="torch.compile G and D (slow first steps)")
     g = p.add_argument_group("run")
     g.add_argument("--output-dir", default=os.path.join("output", SCRIPT), help="where everything is written")
@@ -251,6 +255,10 @@ def build(args, nc, device):
 
 def train(args, ckpt, world):
     device = world.device
+    if args.channels_last is None:
+        # On the CPU, NHWC is the default: oneDNN's convolutions run faster on it and the run
+        # peaks lower (batch 64: 63.9 against 56.8 img/s, 1.12 against 1.16 GB; README.md). Elsewhere opt-in.
+        args.channels_last = device.type == "cpu"
     seed_everything(args.seed)
     data = load_data(args, device)
     if args.batch_size % world.size:

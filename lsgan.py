@@ -108,9 +108,10 @@ def build_parser():
     g.add_argument("--lr-d", type=positive_float, help="D's rate when it differs (default: --lr; 1e-4 mixture8)")
     g.add_argument("--beta1", type=probability, default=0.5, help="Adam's beta1 (paper: 0.5)")
     g.add_argument("--beta2", type=probability, default=0.999, help="Adam's beta2 (paper: Adam's default)")
-    g = p.add_argument_group("speed (opt-in)")
+    g = p.add_argument_group("speed")
     g.add_argument("--amp", action="store_true", help="autocast to bfloat16 (float16 + GradScaler on GPUs without bf16)")
-    g.add_argument("--channels-last", action="store_true", help="NHWC memory layout for images and weights")
+    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="NHWC memory layout for images and weights (default: on for the CPU, off elsewhere)")
     g.add_argument("--compile", action="store_true", help="torch.compile G and D (slow first steps)")
     g = p.add_argument_group("run")
     g.add_argument("--output-dir", default=os.path.join("output", SCRIPT), help="where everything is written")
@@ -367,6 +368,10 @@ def build(args, nc, device):
 
 def train(args, ckpt, world):
     device = world.device
+    if args.channels_last is None:
+        # On the CPU, NHWC is the default: oneDNN's convolutions run faster on it and the run
+        # peaks lower (batch 64: 63.9 against 56.8 img/s, 1.12 against 1.16 GB; README.md). Elsewhere opt-in.
+        args.channels_last = device.type == "cpu"
     seed_everything(args.seed)
     data = load_data(args, device)
     if args.batch_size % world.size:

@@ -183,6 +183,14 @@ def test_amp_and_channels_last_on_cpu(run):
     assert "bfloat16" in out and "channels-last" in out
 
 
+@pytest.mark.parametrize("flag, expected", [([], True), (["--no-channels-last"], False), (["--channels-last"], True)])
+def test_channels_last_is_the_cpu_default(run, flag, expected):
+    code, out, err = run(dcgan.main, ["--dataset", "fake", "--dry-run", "--output-dir", "d", "--image-size", 32,
+                                      "--device", "cpu"] + flag)
+    assert code == 0, err
+    assert ("channels-last memory layout" in out) == expected
+
+
 def test_nan_stops_the_run(run, monkeypatch):
     real_loss, calls = dcgan.d_loss, []
     monkeypatch.setattr(dcgan, "d_loss", lambda *a: calls.append(1) or real_loss(*a) * float("nan"))
