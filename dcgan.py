@@ -62,7 +62,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from utils import plot_log, save_gif, save_grid, save_images, to_uint8
+from utils import plot_log, save_gif, save_grid, save_images, tile, to_uint8
 
 SCRIPT = "dcgan"
 DATASETS = ["cifar10", "lsun", "mnist", "fashion-mnist", "celeba", "folder", "imagenet", "lfw", "fake"]
@@ -390,8 +390,7 @@ def interpolate(args, ckpt, device, rows=8, steps=10):
     images = sample(G, z.reshape(rows * steps, args.nz))                         # row-major: row r, step s
     save_grid(images, os.path.join(args.output_dir, "interpolation.png"), nrow=steps)
     frames = images.view(rows, steps, *images.shape[1:]).transpose(0, 1)         # one frame per step
-    from torchvision.utils import make_grid
-    pictures = [to_uint8(make_grid(f, nrow=rows // 2, padding=2, pad_value=1.0)[None])[0] for f in frames]
+    pictures = [to_uint8(tile(f, nrow=rows // 2)[None])[0] for f in frames]
     save_gif(pictures + pictures[-2:0:-1], os.path.join(args.output_dir, "interpolation.gif"), seconds_per_frame=0.2)
     print(f"{SCRIPT}: wrote interpolation.png ({rows} walks of {steps} steps) and interpolation.gif to {args.output_dir}")
 

@@ -18,11 +18,29 @@ def to_uint8(images):
     return images.permute(0, 2, 3, 1).numpy()
 
 
+def tile(images, nrow=8, padding=2, pad_value=1.0):
+    """(N, C, H, W) images -> one (3, H', W') picture, nrow per row, with padding-pixel gaps of pad_value.
+
+    Written here rather than taken from torchvision: importing torchvision adds about 160 MB to a
+    run's peak memory (measured: 815 against 648 MB for `import torch` alone) and 1.5 s to its start,
+    which runs on data made in memory (--dataset fake, gan_gaussian.py) need not pay."""
+    images = images.detach().float().cpu()
+    if images.shape[1] == 1:
+        images = images.expand(-1, 3, -1, -1)  # grey -> RGB, so grids and GIF frames are all RGB
+    n, c, h, w = images.shape
+    cols = min(nrow, n)
+    rows = -(-n // cols)
+    grid = torch.full((c, rows * (h + padding) + padding, cols * (w + padding) + padding), pad_value)
+    for i, image in enumerate(images):
+        y, x = divmod(i, cols)
+        top, left = y * (h + padding) + padding, x * (w + padding) + padding
+        grid[:, top:top + h, left:left + w] = image
+    return grid
+
+
 def save_grid(images, path, nrow=8):
-    """Tile (N, C, H, W) images in [-1, 1] into one PNG, nrow per row (tiling by torchvision)."""
-    from torchvision.utils import make_grid  # imported here: torchvision adds 1.5 s to gan_gaussian's start
-    grid = make_grid(images.detach().float().cpu(), nrow=nrow, padding=2, pad_value=1.0)  # white gaps
-    iio.imwrite(path, to_uint8(grid[None])[0])
+    """Tile (N, C, H, W) images in [-1, 1] into one PNG, nrow per row, with white gaps."""
+    iio.imwrite(path, to_uint8(tile(images, nrow)[None])[0])
 
 
 def save_images(images, folder, start=0):
