@@ -133,6 +133,19 @@ def test_mixture_interrupted_and_resumed_equals_uninterrupted(run, short_mixture
 
 # ---- images: every format, both networks and codings ----
 
+@pytest.mark.parametrize("extra, std", [([], 0.002), (["--loss", "bce"], 0.02), (["--arch", "lsgan"], 0.02),
+                                        (["--score-std", "0.02"], 0.02)])
+def test_score_layer_init(extra, std):
+    """Least squares on DCGAN's network starts D's score layer at a tenth of DCGAN's N(0, 0.02);
+    everything else (and every other layer) keeps 0.02."""
+    args, _ = lsgan.get_options(["--dataset", "fake", "--image-size", "64", "--output-dir", "none"] + extra)
+    torch.manual_seed(0)
+    _, D, _, _ = lsgan.build(args, 3, torch.device("cpu"))
+    score, first = D.net[-1].weight, D.net[0].weight
+    assert abs(score.std().item() - std) < 0.15 * std
+    assert abs(first.std().item() - 0.02) < 0.003
+
+
 @pytest.mark.parametrize("extra", [["--arch", "dcgan"], ["--arch", "lsgan", "--coding", "pearson"],
                                    ["--arch", "lsgan", "--image-size", "112", "--loss", "bce"]])
 def test_fake_data_each_network(run, extra):
@@ -158,6 +171,7 @@ def test_real_formats(run, tmp_path, monkeypatch):
 @pytest.mark.parametrize("argv,expect", [
     (["--coding", "1-2-3"], "--coding"), (["--arch", "lsgan", "--image-size", "48"], "--image-size"),
     (["--loss", "hinge"], "--loss"), (["--batch-size", "0"], "--batch-size"), (["--lr-d", "0"], "--lr-d"),
+    (["--score-std", "-1"], "--score-std"),
 ])
 def test_bad_options_get_one_line(run, argv, expect):
     assert expect in one_line_error(run, ["--dataset", "fake", "--output-dir", "d"] + argv)
