@@ -78,6 +78,7 @@ CODINGS = {"0-1-1": (0.0, 1.0, 1.0), "pearson": (-1.0, 1.0, 0.0)}  # (a, b, c) o
 FAKE_EPOCH = 10_000  # images per "epoch" of --dataset fake
 MIXTURE_EPOCH = 512_000  # points per "epoch" of --dataset mixture8 (1,000 batches of 512)
 MIXTURE_RADIUS, MIXTURE_SIGMA = 2.0, 0.02
+INIT_STD = 0.02  # std of the image networks' initial weights (DCGAN, section 4)
 # Defaults that depend on the network or the data (None in the parser): nz, lr, lr-d, batch size, epochs.
 DEFAULTS = {"dcgan": (100, 2e-4, None, 128, 5), "lsgan": (1024, 1e-3, None, 64, 5), "mixture8": (256, 1e-3, 1e-4, 512, 10)}
 
@@ -103,9 +104,10 @@ def build_parser():
     g.add_argument("--nz", type=positive_int, help="size of z (default: 100 dcgan, 1024 lsgan, 256 mixture8)")
     g.add_argument("--ngf", type=positive_int, default=64, help="--arch dcgan: G's channels in its last block")
     g.add_argument("--ndf", type=positive_int, default=64, help="--arch dcgan: D's channels in its first block")
-    g.add_argument("--score-std", type=positive_float, help="std of the initial weights of D's last (score) layer "
-                   "(default: 0.002 for --loss ls on --arch dcgan, a deviation measured in the docstring; 0.02 "
-                   "otherwise, as DCGAN section 4 and the authors' code)")
+    g.add_argument("--score-std", type=positive_float,
+                   help="image networks: std of the initial weights of D's score layer (default: 0.002 for "
+                   "--loss ls on --arch dcgan, a deviation measured in the docstring; 0.02 otherwise, as DCGAN "
+                   "section 4 and the authors' code)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=positive_int, help="passes over the training set (default: 5; 10 of 1,000 steps for mixture8)")
     g.add_argument("--batch-size", type=positive_int,
@@ -260,7 +262,7 @@ def init_weights(module):
     """Image networks: weights from N(0, 0.02) (DCGAN, section 4; the authors' code does the same);
     BatchNorm scale N(1, 0.02), shift 0. The mixture MLPs keep PyTorch's default initialisation."""
     if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
-        nn.init.normal_(module.weight, 0.0, 0.02)
+        nn.init.normal_(module.weight, 0.0, INIT_STD)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
     elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
@@ -370,7 +372,7 @@ def build(args, nc, device):
         # at 0.02, loss_D 3-6 and loss_G 7-16 over steps 10-44 and a collapse to 2 digits (FID 1249); at
         # 0.002 the losses stay below 1 from the start (see the docstring for the measured epoch).
         with torch.no_grad():
-            D.net[-1].weight.mul_(args.score_std / 0.02)  # N(0, 0.02) rescaled: no extra random draws
+            D.net[-1].weight.mul_(args.score_std / INIT_STD)  # N(0, 0.02) rescaled: no extra random draws
     if args.channels_last:
         G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
     # fused Adam: one kernel updates all of a network's parameters (CPU and CUDA; MPS uses foreach).
@@ -836,7 +838,7 @@ def get_options(argv):
     args.nz, args.lr, args.batch_size, args.epochs = args.nz or nz, args.lr or lr, args.batch_size or batch_size, args.epochs or epochs
     args.lr_d = args.lr_d or lr_d or args.lr
     if args.score_std is None:
-        args.score_std = 0.002 if args.loss == "ls" and args.arch == "dcgan" else 0.02
+        args.score_std = 0.002 if args.loss == "ls" and args.arch == "dcgan" else INIT_STD
     sizes = IMAGE_SIZES[args.arch]
     if args.dataset != "mixture8" and args.image_size not in sizes:
         raise UsageError(f"--image-size {args.image_size}: --arch {args.arch} takes {', '.join(map(str, sizes))} "
