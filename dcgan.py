@@ -40,7 +40,7 @@ seed 1, --epochs 1 (468 steps of 128): 1,030 s, 58 img/s; 10,000 samples score F
 10 digits present (../shared/tools/mnist_score.py; its real-data floor is 1.57). With the common
 example's --batch-size 64 (937 steps): FID 381 (seed 1) and 389 (seed 2), 10/10 both. CelebA
 sample (10,000 faces), --epochs 3: 468 s, 64 img/s, rough faces (README.md shows the grid and walks).
-On the CPU, --dataset fake at batch 64: 63.9 img/s, 1.25x the common PyTorch example's step.
+On the CPU, --dataset fake at batch 64: 61.7-62.5 img/s, 1.22-1.26x the common PyTorch example's step.
 """
 import argparse
 import csv
