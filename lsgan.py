@@ -41,7 +41,7 @@ Measured (2-core x86-64 CPU, torch 2.14.1; README.md has the commands): mixture8
 steps, ~60 s a run), seeds 1-5: --loss ls covered 8/8 modes in 5/5 seeds, 64.6-89.0% of samples
 within 3 sigma of a centre (median 85.7%); --loss bce 8/8 in 4/5 seeds, seed 2 lost a mode with only
 32.7% near a centre (median 85.8%). MNIST at 64x64, defaults (--arch dcgan, 0-1-1, score layer at
-N(0, 0.002)), seed 1, --epochs 1: 1,134 s, 53 img/s, FID 594 with 9 of 10 digits (the tenth, 0, at
+N(0, 0.002)), seed 1, --epochs 1: 977 s, 61 img/s, FID 594 with 9 of 10 digits (the tenth, 0, at
 1.6% of samples, under the scorer's 2% cut); seed 2: 1,068 s, FID 545, 10/10. dcgan.py's BCE on the
 same network and steps: FID 530, 10/10. With DCGAN's N(0, 0.02) score layer the same run failed: FID
 1249 with 2 of 10 digits, grey blurs. What else was tried, 312 steps each, scored the same way: D's
