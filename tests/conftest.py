@@ -1,8 +1,10 @@
 """Shared test fixtures: run a script's main(argv) in-process, in a fresh temporary directory."""
+import contextlib
 import os
 import sys
 
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -96,3 +98,29 @@ def make_lsun(root, category="bedroom", n=12, size=(48, 36), seed=0):
             txn.put(f"{i:040x}".encode(), iio.imwrite("<bytes>", image, extension=".png"))
     env.close()
     return str(root)
+
+
+class DdpLikeD(torch.nn.Module):
+    """D as train_step sees it under DDP, recording each forward and backward through it and whether
+    DDP's no_sync() was on at the time (gradients are reduced on a backward outside no_sync)."""
+
+    def __init__(self, D):
+        super().__init__()
+        self.D, self.events, self.syncing = D, [], True
+
+    @contextlib.contextmanager
+    def no_sync(self):
+        self.syncing = False
+        try:
+            yield
+        finally:
+            self.syncing = True
+
+    def say(self, what):
+        self.events.append(what if self.syncing else f"{what} in no_sync")
+
+    def forward(self, x):
+        self.say("forward")
+        out = self.D(x)
+        out.register_hook(lambda grad: self.say("backward"))
+        return out

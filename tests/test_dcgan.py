@@ -13,7 +13,7 @@ import torch.nn as nn
 import torchvision
 
 import dcgan
-from conftest import ROOT, make_cifar10, make_image_folder, make_lsun, make_mnist
+from conftest import DdpLikeD, ROOT, make_cifar10, make_image_folder, make_lsun, make_mnist
 
 HEADER = "epoch,iteration,loss_d,loss_g,d_x,d_g_z,samples_per_s,elapsed_s"
 
@@ -70,7 +70,7 @@ def test_d_loss_is_eq1_negated_and_g_loss_non_saturating():
     real, fake = torch.tensor([2.0, 0.0]), torch.tensor([-1.0, 1.0])
     sig = lambda v: 1 / (1 + math.exp(-v))
     by_hand = -(math.log(sig(2)) + math.log(sig(0))) / 2 - (math.log(1 - sig(-1)) + math.log(1 - sig(1))) / 2
-    assert dcgan.d_loss(real, fake).item() == pytest.approx(by_hand, abs=1e-6)
+    assert (dcgan.d_loss(real, real=True) + dcgan.d_loss(fake, real=False)).item() == pytest.approx(by_hand, abs=1e-6)
     assert dcgan.g_loss(fake).item() == pytest.approx(-(math.log(sig(-1)) + math.log(sig(1))) / 2, abs=1e-6)
 
 
@@ -193,7 +193,7 @@ def test_channels_last_is_the_cpu_default(run, flag, expected):
 
 def test_nan_stops_the_run(run, monkeypatch):
     real_loss, calls = dcgan.d_loss, []
-    monkeypatch.setattr(dcgan, "d_loss", lambda *a: calls.append(1) or real_loss(*a) * float("nan"))
+    monkeypatch.setattr(dcgan, "d_loss", lambda *a, **k: calls.append(1) or real_loss(*a, **k) * float("nan"))
     code, _, err = run(dcgan.main, ["--dataset", "fake", "--dry-run", "--output-dir", "d", "--image-size", 32])
     assert code == 1 and err.startswith("error: training diverged") and len(err.splitlines()) == 1
     assert not os.path.exists("d/checkpoint.pt")
@@ -243,3 +243,13 @@ def test_torchrun_two_processes_on_gloo(tmp_path):
                          capture_output=True, text=True, env=env, timeout=300)
     assert one.returncode == 0, one.stderr[-3000:]
     assert torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=True)["iteration"] == 4
+
+
+def test_d_step_backpropagates_the_real_batch_first_and_reduces_once():
+    """One graph of D at a time (real: forward, backward; then generated), as in the authors' code; under
+    DDP the real batch's gradients stay local (no_sync) and are reduced with the generated batch's."""
+    args, _ = dcgan.get_options(["--dataset", "fake", "--image-size", "32", "--batch-size", "4", "--output-dir", "d"] )
+    G, D, opt_G, opt_D = dcgan.build(args, 3, torch.device("cpu"))
+    ddp_D = DdpLikeD(D)
+    dcgan.train_step(G, ddp_D, D, opt_G, opt_D, torch.rand(4, 3, 32, 32) * 2 - 1, args, dcgan.Amp(False, torch.device("cpu")))
+    assert ddp_D.events == ["forward in no_sync", "backward in no_sync", "forward", "backward"]

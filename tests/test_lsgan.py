@@ -12,7 +12,7 @@ import torch.nn as nn
 import torchvision
 
 import lsgan
-from conftest import make_cifar10, make_image_folder, make_lsun, make_mnist
+from conftest import DdpLikeD, make_cifar10, make_image_folder, make_lsun, make_mnist
 
 
 def one_line_error(run, argv):
@@ -27,16 +27,20 @@ def one_line_error(run, argv):
 REAL, FAKE = torch.tensor([0.5, 2.0]), torch.tensor([-1.0, 0.0])
 
 
+def whole_d_loss(real, fake, *options):  # train_step backpropagates the two terms one after the other
+    return lsgan.d_loss(real, True, *options) + lsgan.d_loss(fake, False, *options)
+
+
 def test_d_and_g_losses_with_the_0_1_1_coding():
     # a = 0, b = 1: 1/2 mean((0.5-1)^2, (2-1)^2) + 1/2 mean((-1-0)^2, (0-0)^2) = 1/2*0.625 + 1/2*0.5
-    assert lsgan.d_loss(REAL, FAKE, "ls", "0-1-1").item() == pytest.approx(0.5625)
+    assert whole_d_loss(REAL, FAKE, "ls", "0-1-1").item() == pytest.approx(0.5625)
     # c = 1: 1/2 mean((-1-1)^2, (0-1)^2) = 1/2 * 2.5
     assert lsgan.g_loss(FAKE, "ls", "0-1-1").item() == pytest.approx(1.25)
 
 
 def test_d_and_g_losses_with_the_pearson_coding():
     # a = -1, b = 1: 1/2*0.625 + 1/2 mean((-1+1)^2, (0+1)^2) = 0.3125 + 0.25
-    assert lsgan.d_loss(REAL, FAKE, "ls", "pearson").item() == pytest.approx(0.5625)
+    assert whole_d_loss(REAL, FAKE, "ls", "pearson").item() == pytest.approx(0.5625)
     # c = 0: 1/2 mean(1, 0)
     assert lsgan.g_loss(FAKE, "ls", "pearson").item() == pytest.approx(0.25)
     a, b, c = lsgan.CODINGS["pearson"]
@@ -45,13 +49,13 @@ def test_d_and_g_losses_with_the_pearson_coding():
 
 def test_the_mean_of_squares_not_the_square_of_the_mean():
     scores = torch.tensor([0.0, 2.0])  # mean 1 = b, yet each is 1 away from it
-    assert lsgan.d_loss(scores, torch.zeros(2), "ls", "0-1-1").item() == pytest.approx(0.5)
+    assert lsgan.d_loss(scores, True, "ls", "0-1-1").item() == pytest.approx(0.5)
 
 
 def test_the_regular_loss_on_the_same_scores():
     sig = lambda v: 1 / (1 + math.exp(-v))
     by_hand = -(math.log(sig(0.5)) + math.log(sig(2))) / 2 - (math.log(1 - sig(-1)) + math.log(1 - sig(0))) / 2
-    assert lsgan.d_loss(REAL, FAKE, "bce").item() == pytest.approx(by_hand, abs=1e-6)
+    assert whole_d_loss(REAL, FAKE, "bce").item() == pytest.approx(by_hand, abs=1e-6)
     assert lsgan.g_loss(FAKE, "bce").item() == pytest.approx(-(math.log(sig(-1)) + math.log(sig(0))) / 2, abs=1e-6)
 
 
@@ -181,3 +185,13 @@ def test_bad_options_get_one_line(run, argv, expect):
 def test_checkpoint_of_another_network_gets_one_line(run):
     assert run(lsgan.main, ["--dataset", "fake", "--dry-run", "--output-dir", "d", "--image-size", 32])[0] == 0
     assert "--arch" in one_line_error(run, ["--generate", 2, "--arch", "lsgan", "--output-dir", "d"])
+
+
+def test_d_step_backpropagates_the_real_batch_first_and_reduces_once():
+    """One graph of D at a time (real: forward, backward; then generated), as in the authors' code; under
+    DDP the real batch's gradients stay local (no_sync) and are reduced with the generated batch's."""
+    args, _ = lsgan.get_options(["--dataset", "fake", "--image-size", "32", "--batch-size", "4", "--output-dir", "d"] + ["--arch", "dcgan"])
+    G, D, opt_G, opt_D = lsgan.build(args, 3, torch.device("cpu"))
+    ddp_D = DdpLikeD(D)
+    lsgan.train_step(G, ddp_D, D, opt_G, opt_D, torch.rand(4, 3, 32, 32) * 2 - 1, args, lsgan.Amp(False, torch.device("cpu")))
+    assert ddp_D.events == ["forward in no_sync", "backward in no_sync", "forward", "backward"]
