@@ -40,7 +40,8 @@ seed 1, --epochs 1 (468 steps of 128): 1,030 s, 58 img/s; 10,000 samples score F
 10 digits present (../shared/tools/mnist_score.py; its real-data floor is 1.57). With the common
 example's --batch-size 64 (937 steps): FID 381 (seed 1) and 389 (seed 2), 10/10 both. CelebA
 sample (10,000 faces), --epochs 3: 468 s, 64 img/s, rough faces (README.md shows the grid and walks).
-On the CPU, --dataset fake at batch 64: 61.7-62.5 img/s, 1.22-1.26x the common PyTorch example's step.
+On the CPU, --dataset fake at batch 64: 58.0-60.8 img/s, 1.16-1.21x the common PyTorch example's
+step run beside it (three undisturbed rounds; README.md), peaking at 1.03-1.04 GB.
 """
 import argparse
 import contextlib
@@ -188,7 +189,7 @@ def train_step(G, D, D_local, opt_G, opt_D, real, args, amp):
     z = torch.randn(len(real), args.nz, device=real.device)  # this process's share of the batch
     # (1) D: the real and the generated batch in separate forward passes, so that each BatchNorm
     # normalises a pure batch, as in the authors' code; like theirs, each is backpropagated before the
-    # next forward, so one graph of D is held at a time (peak memory ~45 MB lower at batch 64, 64x64;
+    # next forward, so one graph of D is held at a time (peak memory ~40 MB lower at batch 64, 64x64;
     # README.md). Under DDP, D's gradients are summed locally and reduced once, after the second.
     opt_D.zero_grad(set_to_none=True)
     with getattr(D, "no_sync", contextlib.nullcontext)():
