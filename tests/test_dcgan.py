@@ -248,7 +248,7 @@ def test_torchrun_two_processes_on_gloo(tmp_path):
 def test_d_step_backpropagates_the_real_batch_first_and_reduces_once():
     """One graph of D at a time (real: forward, backward; then generated), as in the authors' code; under
     DDP the real batch's gradients stay local (no_sync) and are reduced with the generated batch's."""
-    args, _ = dcgan.get_options(["--dataset", "fake", "--image-size", "32", "--batch-size", "4", "--output-dir", "d"] )
+    args, _ = dcgan.get_options(["--dataset", "fake", "--image-size", "32", "--batch-size", "4", "--output-dir", "d"])
     G, D, opt_G, opt_D = dcgan.build(args, 3, torch.device("cpu"))
     ddp_D = DdpLikeD(D)
     dcgan.train_step(G, ddp_D, D, opt_G, opt_D, torch.rand(4, 3, 32, 32) * 2 - 1, args, dcgan.Amp(False, torch.device("cpu")))

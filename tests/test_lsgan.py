@@ -190,7 +190,8 @@ def test_checkpoint_of_another_network_gets_one_line(run):
 def test_d_step_backpropagates_the_real_batch_first_and_reduces_once():
     """One graph of D at a time (real: forward, backward; then generated), as in the authors' code; under
     DDP the real batch's gradients stay local (no_sync) and are reduced with the generated batch's."""
-    args, _ = lsgan.get_options(["--dataset", "fake", "--image-size", "32", "--batch-size", "4", "--output-dir", "d"] + ["--arch", "dcgan"])
+    args, _ = lsgan.get_options(["--dataset", "fake", "--arch", "dcgan", "--image-size", "32", "--batch-size", "4",
+                                 "--output-dir", "d"])
     G, D, opt_G, opt_D = lsgan.build(args, 3, torch.device("cpu"))
     ddp_D = DdpLikeD(D)
     lsgan.train_step(G, ddp_D, D, opt_G, opt_D, torch.rand(4, 3, 32, 32) * 2 - 1, args, lsgan.Amp(False, torch.device("cpu")))
