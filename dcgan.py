@@ -41,7 +41,7 @@ seed 1, --epochs 1 (468 steps of 128): 1,030 s, 58 img/s; 10,000 samples score F
 example's --batch-size 64 (937 steps): FID 381 (seed 1) and 389 (seed 2), 10/10 both. CelebA
 sample (10,000 faces), --epochs 3: 468 s, 64 img/s, rough faces (README.md shows the grid and walks).
 On the CPU, --dataset fake at batch 64: 58.0-60.8 img/s, 1.16-1.21x the common PyTorch example's
-step run beside it (three undisturbed rounds; README.md), peaking at 1.03-1.04 GB.
+step run beside it (three undisturbed rounds; README.md), peaking at 1.02-1.04 GB.
 """
 import argparse
 import contextlib
