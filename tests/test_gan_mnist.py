@@ -35,7 +35,7 @@ def weights(out):
 def test_d_loss_is_eq1_negated():
     real, fake = torch.tensor([2.0]), torch.tensor([-1.0])
     by_hand = -(math.log(1 / (1 + math.exp(-2))) + math.log(1 - 1 / (1 + math.exp(1))))
-    assert gm.d_loss(real, fake).item() == pytest.approx(by_hand, abs=1e-6)
+    assert (gm.d_loss(real, 1.0) + gm.d_loss(fake, 0.0)).item() == pytest.approx(by_hand, abs=1e-6)
 
 
 def test_g_loss_variants():
@@ -62,7 +62,7 @@ def test_dropout_is_off_in_eval_mode_and_on_in_training():
 
 
 def test_shapes():
-    G = gm.Generator(noise_size=7)
+    G = gm.Generator(nz=7)
     images = G(torch.randn(5, 7))
     assert images.shape == (5, 1, 28, 28) and images.abs().max() <= 1
     assert gm.Discriminator()(images).shape == (5,)
@@ -155,7 +155,7 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(run, data, monkeyp
 
     def loss_that_breaks(*a):
         calls.append(1)
-        return real_loss(*a) * (float("nan") if len(calls) > 6 else 1.0)
+        return real_loss(*a) * (float("nan") if len(calls) > 12 else 1.0)  # 2 calls a step
 
     monkeypatch.setattr(gm, "d_loss", loss_that_breaks)
     code, _, err = run(gm.main, small(data, "d", "--epochs", 3))
@@ -173,7 +173,8 @@ def one_line_error(run, argv):
 
 
 @pytest.mark.parametrize("argv", [
-    ["--batch-size", "0"], ["--dataset", "cifar"], ["--dropout", "1.5"], ["--learning-rate", "0"], ["--learning-rate-d", "-1"],
+    ["--batch-size", "0"], ["--dataset", "cifar"], ["--dropout", "1.5"], ["--lr", "0"], ["--lr-d", "-1"],
+    ["--learning-rate", "0"], ["--learning-rate-d", "-1"], ["--epoch", "3"],
     ["--g-loss", "wasserstein"], ["--epochs", "0"], ["--generate", "-1"],
 ])
 def test_bad_options_get_one_line(run, data, argv):
@@ -201,7 +202,7 @@ def test_bad_checkpoints_get_one_line_and_are_kept(run, data):
     assert run(gm.main, ["--dry-run", "--dataroot", data, "--output-dir", "d"])[0] == 0
     before = open("d/checkpoint.pt", "rb").read()
     assert "exists" in one_line_error(run, ["--dry-run", "--dataroot", data, "--output-dir", "d"])
-    assert "--noise-size" in one_line_error(run, ["--generate", 3, "--noise-size", 10, "--output-dir", "d"])
+    assert "--nz" in one_line_error(run, ["--generate", 3, "--noise-size", 10, "--output-dir", "d"])
     assert "--dataset" in one_line_error(run, ["--resume", "--dataset", "fashion-mnist", "--output-dir", "d"])
     assert open("d/checkpoint.pt", "rb").read() == before
     os.makedirs("corrupt")
@@ -211,3 +212,12 @@ def test_bad_checkpoints_get_one_line_and_are_kept(run, data):
     os.makedirs("other")
     torch.save(dict(torch.load("d/checkpoint.pt", weights_only=True), script="gan_gaussian"), "other/checkpoint.pt")
     assert "gan_gaussian.py" in one_line_error(run, ["--generate", 3, "--output-dir", "other"])
+
+
+def test_the_tutorial_spellings_still_work(run, data):
+    """--noise-size and --learning-rate[-d] are the MNIST tutorial's names of --nz, --lr and --lr-d."""
+    code, _, err = run(gm.main, ["--dry-run", "--dataroot", data, "--output-dir", "d", "--noise-size", 16,
+                                 "--learning-rate", "3e-4", "--learning-rate-d", "2e-4"])
+    assert code == 0, err
+    saved = torch.load("d/checkpoint.pt", weights_only=True)["args"]
+    assert (saved["nz"], saved["lr"], saved["lr_d"]) == (16, 3e-4, 2e-4)
