@@ -106,7 +106,7 @@ class DdpLikeD(torch.nn.Module):
 
     def __init__(self, D):
         super().__init__()
-        self.D, self.events, self.syncing = D, [], True
+        self.module, self.events, self.syncing = D, [], True  # .module: the wrapped D, as in DDP
 
     @contextlib.contextmanager
     def no_sync(self):
@@ -121,6 +121,6 @@ class DdpLikeD(torch.nn.Module):
 
     def forward(self, x):
         self.say("forward")
-        out = self.D(x)
+        out = self.module(x)
         out.register_hook(lambda grad: self.say("backward"))
         return out

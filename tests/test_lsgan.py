@@ -27,36 +27,37 @@ def one_line_error(run, argv):
 REAL, FAKE = torch.tensor([0.5, 2.0]), torch.tensor([-1.0, 0.0])
 
 
-def whole_d_loss(real, fake, *options):  # train_step backpropagates the two terms one after the other
-    return lsgan.d_loss(real, True, *options) + lsgan.d_loss(fake, False, *options)
+def whole_d_loss(real, fake, coding, loss="ls"):  # train_step backpropagates the two terms in turn
+    a, b, _ = lsgan.CODINGS[coding]
+    return lsgan.d_loss(real, b, loss) + lsgan.d_loss(fake, a, loss)
 
 
 def test_d_and_g_losses_with_the_0_1_1_coding():
     # a = 0, b = 1: 1/2 mean((0.5-1)^2, (2-1)^2) + 1/2 mean((-1-0)^2, (0-0)^2) = 1/2*0.625 + 1/2*0.5
-    assert whole_d_loss(REAL, FAKE, "ls", "0-1-1").item() == pytest.approx(0.5625)
+    assert whole_d_loss(REAL, FAKE, "0-1-1").item() == pytest.approx(0.5625)
     # c = 1: 1/2 mean((-1-1)^2, (0-1)^2) = 1/2 * 2.5
-    assert lsgan.g_loss(FAKE, "ls", "0-1-1").item() == pytest.approx(1.25)
+    assert lsgan.g_loss(FAKE, 1.0).item() == pytest.approx(1.25)
 
 
 def test_d_and_g_losses_with_the_pearson_coding():
     # a = -1, b = 1: 1/2*0.625 + 1/2 mean((-1+1)^2, (0+1)^2) = 0.3125 + 0.25
-    assert whole_d_loss(REAL, FAKE, "ls", "pearson").item() == pytest.approx(0.5625)
+    assert whole_d_loss(REAL, FAKE, "pearson").item() == pytest.approx(0.5625)
     # c = 0: 1/2 mean(1, 0)
-    assert lsgan.g_loss(FAKE, "ls", "pearson").item() == pytest.approx(0.25)
+    assert lsgan.g_loss(FAKE, 0.0).item() == pytest.approx(0.25)
     a, b, c = lsgan.CODINGS["pearson"]
     assert (b - c, b - a) == (1, 2)  # the conditions of section 3.2
 
 
 def test_the_mean_of_squares_not_the_square_of_the_mean():
     scores = torch.tensor([0.0, 2.0])  # mean 1 = b, yet each is 1 away from it
-    assert lsgan.d_loss(scores, True, "ls", "0-1-1").item() == pytest.approx(0.5)
+    assert lsgan.d_loss(scores, 1.0).item() == pytest.approx(0.5)
 
 
 def test_the_regular_loss_on_the_same_scores():
     sig = lambda v: 1 / (1 + math.exp(-v))
     by_hand = -(math.log(sig(0.5)) + math.log(sig(2))) / 2 - (math.log(1 - sig(-1)) + math.log(1 - sig(0))) / 2
-    assert whole_d_loss(REAL, FAKE, "bce").item() == pytest.approx(by_hand, abs=1e-6)
-    assert lsgan.g_loss(FAKE, "bce").item() == pytest.approx(-(math.log(sig(-1)) + math.log(sig(0))) / 2, abs=1e-6)
+    assert whole_d_loss(REAL, FAKE, "0-1-1", "bce").item() == pytest.approx(by_hand, abs=1e-6)
+    assert lsgan.g_loss(FAKE, 1.0, "bce").item() == pytest.approx(-(math.log(sig(-1)) + math.log(sig(0))) / 2, abs=1e-6)
 
 
 # ---- the networks ----
@@ -194,5 +195,6 @@ def test_d_step_backpropagates_the_real_batch_first_and_reduces_once():
                                  "--output-dir", "d"])
     G, D, opt_G, opt_D = lsgan.build(args, 3, torch.device("cpu"))
     ddp_D = DdpLikeD(D)
-    lsgan.train_step(G, ddp_D, D, opt_G, opt_D, torch.rand(4, 3, 32, 32) * 2 - 1, args, lsgan.Amp(False, torch.device("cpu")))
+    lsgan.train_step(G, ddp_D, opt_G, opt_D, torch.rand(4, 3, 32, 32) * 2 - 1, torch.randn(4, args.nz),
+                     lsgan.Amp(False, torch.device("cpu")))
     assert ddp_D.events == ["forward in no_sync", "backward in no_sync", "forward", "backward"]
