@@ -97,22 +97,6 @@ def build_parser():
     return p
 
 
-# Options a resumed or sampling run may change; options that must match the checkpoint.
-RUN_KEYS = ("output_dir", "device", "dry_run", "resume", "generate", "interpolate", "dataroot",
-            "workers", "amp", "channels_last", "compile")
-MODEL_KEYS = ("dataset", "classes", "image_size", "nz", "ngf", "ndf")
-
-
-def settle(args):
-    if args.image_size not in IMAGE_SIZES:
-        fail(f"--image-size {args.image_size}: must be one of {', '.join(map(str, IMAGE_SIZES))} "
-             "(each (de)convolution block doubles or halves the size, from 4x4)")
-    args.lr_d = args.lr_d or args.lr
-    if args.dry_run:
-        args.batch_size = min(args.batch_size, 8)
-    return args
-
-
 # ---- the models ----
 
 def channels(width, blocks):
@@ -205,32 +189,6 @@ def train_step(G, D, opt_G, opt_D, x, z, amp):
     amp.step(opt_G)
     d_x, d_g_z = torch.sigmoid(real_logits).mean(), torch.sigmoid(fake_logits).mean()
     return torch.stack([loss_real + loss_fake, loss_g, d_x, d_g_z]).detach()
-
-
-def no_sync(D):
-    """Under DDP: gradients stay on this process until the next backward outside this context."""
-    return getattr(D, "no_sync", contextlib.nullcontext)()
-
-
-class Amp:
-    """--amp: autocast to bfloat16; where the GPU lacks bf16, float16 with a GradScaler (fp16's
-    range needs loss scaling, bf16's does not). Without --amp, plain float32."""
-
-    def __init__(self, enabled, device):
-        self.enabled, self.device_type = enabled, device.type
-        fp16 = enabled and device.type == "cuda" and not torch.cuda.is_bf16_supported()
-        self.dtype = torch.float16 if fp16 else torch.bfloat16
-        self.scaler = torch.amp.GradScaler(device.type, enabled=fp16)
-
-    def autocast(self):
-        return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.enabled)
-
-    def backward(self, loss):
-        self.scaler.scale(loss).backward()
-
-    def step(self, optimizer):
-        self.scaler.step(optimizer)
-        self.scaler.update()
 
 
 def sample(G, z):
@@ -455,6 +413,48 @@ def main(argv=None):
 
 
 # ---- this script's run: the loop, its data, several processes, samples ----
+
+# Options a resumed or sampling run may change; options that must match the checkpoint.
+RUN_KEYS = ("output_dir", "device", "dry_run", "resume", "generate", "interpolate", "dataroot",
+            "workers", "amp", "channels_last", "compile")
+MODEL_KEYS = ("dataset", "classes", "image_size", "nz", "ngf", "ndf")
+
+
+def settle(args):
+    if args.image_size not in IMAGE_SIZES:
+        fail(f"--image-size {args.image_size}: must be one of {', '.join(map(str, IMAGE_SIZES))} "
+             "(each (de)convolution block doubles or halves the size, from 4x4)")
+    args.lr_d = args.lr_d or args.lr
+    if args.dry_run:
+        args.batch_size = min(args.batch_size, 8)
+    return args
+
+
+def no_sync(D):
+    """Under DDP: gradients stay on this process until the next backward outside this context."""
+    return getattr(D, "no_sync", contextlib.nullcontext)()
+
+
+class Amp:
+    """--amp: autocast to bfloat16; where the GPU lacks bf16, float16 with a GradScaler (fp16's
+    range needs loss scaling, bf16's does not). Without --amp, plain float32."""
+
+    def __init__(self, enabled, device):
+        self.enabled, self.device_type = enabled, device.type
+        fp16 = enabled and device.type == "cuda" and not torch.cuda.is_bf16_supported()
+        self.dtype = torch.float16 if fp16 else torch.bfloat16
+        self.scaler = torch.amp.GradScaler(device.type, enabled=fp16)
+
+    def autocast(self):
+        return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.enabled)
+
+    def backward(self, loss):
+        self.scaler.scale(loss).backward()
+
+    def step(self, optimizer):
+        self.scaler.step(optimizer)
+        self.scaler.update()
+
 
 def train(args, ckpt):
     world = World(args.device)

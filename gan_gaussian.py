@@ -76,18 +76,6 @@ def build_parser():
     return p
 
 
-# Options a resumed or sampling run may change; options that must match the checkpoint.
-RUN_KEYS = ("output_dir", "device", "dry_run", "resume", "generate")
-MODEL_KEYS = ("preprocess", "nz", "hidden_size")
-
-
-def settle(args):
-    """Defaults that depend on other options."""
-    args.epochs = args.epochs or {"moments": 1000, "raw": 2000}[args.preprocess]
-    args.lr_d = args.lr_d or args.lr
-    return args
-
-
 # ---- the models ----
 
 class Generator(nn.Module):
@@ -390,6 +378,18 @@ def main(argv=None):
 
 
 # ---- this script's run: the loop, samples, pictures ----
+
+# Options a resumed or sampling run may change; options that must match the checkpoint.
+RUN_KEYS = ("output_dir", "device", "dry_run", "resume", "generate")
+MODEL_KEYS = ("preprocess", "nz", "hidden_size")
+
+
+def settle(args):
+    """Defaults that depend on other options."""
+    args.epochs = args.epochs or {"moments": 1000, "raw": 2000}[args.preprocess]
+    args.lr_d = args.lr_d or args.lr
+    return args
+
 
 def train(args, ckpt):
     device = pick_device(args.device)

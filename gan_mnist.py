@@ -87,17 +87,6 @@ def build_parser():
     return p
 
 
-# Options a resumed or sampling run may change; options that must match the checkpoint.
-RUN_KEYS = ("output_dir", "device", "dry_run", "resume", "generate", "dataroot", "log_file")
-MODEL_KEYS = ("dataset", "nz")
-
-
-def settle(args):
-    if args.dry_run:
-        args.batch_size = min(args.batch_size, 8)
-    return args
-
-
 # ---- the models ----
 
 class Generator(nn.Module):
@@ -403,6 +392,17 @@ def main(argv=None):
 
 
 # ---- this script's run: the loop, its data, samples ----
+
+# Options a resumed or sampling run may change; options that must match the checkpoint.
+RUN_KEYS = ("output_dir", "device", "dry_run", "resume", "generate", "dataroot", "log_file")
+MODEL_KEYS = ("dataset", "nz")
+
+
+def settle(args):
+    if args.dry_run:
+        args.batch_size = min(args.batch_size, 8)
+    return args
+
 
 def train(args, ckpt):
     device = pick_device(args.device)

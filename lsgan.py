@@ -115,28 +115,6 @@ def build_parser():
     return p
 
 
-# Options a resumed or sampling run may change; options that must match the checkpoint.
-RUN_KEYS = ("output_dir", "device", "dry_run", "resume", "generate", "interpolate", "dataroot",
-            "workers", "amp", "channels_last", "compile")
-MODEL_KEYS = ("dataset", "classes", "arch", "image_size", "nz", "ngf", "ndf")
-
-
-def settle(args):
-    nz, lr, lr_d, batch_size, epochs = DEFAULTS[
-        "mixture8" if args.dataset == "mixture8" else args.arch]
-    args.nz, args.lr, args.epochs = args.nz or nz, args.lr or lr, args.epochs or epochs
-    args.batch_size, args.lr_d = args.batch_size or batch_size, args.lr_d or lr_d or args.lr
-    if args.score_std is None:
-        args.score_std = 0.002 if args.loss == "ls" and args.arch == "dcgan" else INIT_STD
-    sizes = IMAGE_SIZES[args.arch]
-    if args.dataset != "mixture8" and args.image_size not in sizes:
-        fail(f"--image-size {args.image_size}: --arch {args.arch} takes "
-             f"{', '.join(map(str, sizes))} (each (de)convolution block doubles or halves it)")
-    if args.dry_run:
-        args.batch_size = min(args.batch_size, 8)
-    return args
-
-
 # ---- the models ----
 
 def channels(width, blocks):
@@ -289,32 +267,6 @@ def train_step(G, D, opt_G, opt_D, x, z, amp, targets=(0.0, 1.0, 1.0), loss="ls"
     squash = torch.sigmoid if loss == "bce" else (lambda scores: scores)
     d_x, d_g_z = squash(real_scores).mean(), squash(fake_scores).mean()
     return torch.stack([loss_real + loss_fake, loss_g, d_x, d_g_z]).detach()
-
-
-def no_sync(D):
-    """Under DDP: gradients stay on this process until the next backward outside this context."""
-    return getattr(D, "no_sync", contextlib.nullcontext)()
-
-
-class Amp:
-    """--amp: autocast to bfloat16; where the GPU lacks bf16, float16 with a GradScaler (fp16's
-    range needs loss scaling, bf16's does not). Without --amp, plain float32."""
-
-    def __init__(self, enabled, device):
-        self.enabled, self.device_type = enabled, device.type
-        fp16 = enabled and device.type == "cuda" and not torch.cuda.is_bf16_supported()
-        self.dtype = torch.float16 if fp16 else torch.bfloat16
-        self.scaler = torch.amp.GradScaler(device.type, enabled=fp16)
-
-    def autocast(self):
-        return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.enabled)
-
-    def backward(self, loss):
-        self.scaler.scale(loss).backward()
-
-    def step(self, optimizer):
-        self.scaler.step(optimizer)
-        self.scaler.update()
 
 
 def sample(G, z):
@@ -539,6 +491,54 @@ def main(argv=None):
 
 
 # ---- this script's run: the loop, its data, several processes, samples ----
+
+# Options a resumed or sampling run may change; options that must match the checkpoint.
+RUN_KEYS = ("output_dir", "device", "dry_run", "resume", "generate", "interpolate", "dataroot",
+            "workers", "amp", "channels_last", "compile")
+MODEL_KEYS = ("dataset", "classes", "arch", "image_size", "nz", "ngf", "ndf")
+
+
+def settle(args):
+    nz, lr, lr_d, batch_size, epochs = DEFAULTS[
+        "mixture8" if args.dataset == "mixture8" else args.arch]
+    args.nz, args.lr, args.epochs = args.nz or nz, args.lr or lr, args.epochs or epochs
+    args.batch_size, args.lr_d = args.batch_size or batch_size, args.lr_d or lr_d or args.lr
+    if args.score_std is None:
+        args.score_std = 0.002 if args.loss == "ls" and args.arch == "dcgan" else INIT_STD
+    sizes = IMAGE_SIZES[args.arch]
+    if args.dataset != "mixture8" and args.image_size not in sizes:
+        fail(f"--image-size {args.image_size}: --arch {args.arch} takes "
+             f"{', '.join(map(str, sizes))} (each (de)convolution block doubles or halves it)")
+    if args.dry_run:
+        args.batch_size = min(args.batch_size, 8)
+    return args
+
+
+def no_sync(D):
+    """Under DDP: gradients stay on this process until the next backward outside this context."""
+    return getattr(D, "no_sync", contextlib.nullcontext)()
+
+
+class Amp:
+    """--amp: autocast to bfloat16; where the GPU lacks bf16, float16 with a GradScaler (fp16's
+    range needs loss scaling, bf16's does not). Without --amp, plain float32."""
+
+    def __init__(self, enabled, device):
+        self.enabled, self.device_type = enabled, device.type
+        fp16 = enabled and device.type == "cuda" and not torch.cuda.is_bf16_supported()
+        self.dtype = torch.float16 if fp16 else torch.bfloat16
+        self.scaler = torch.amp.GradScaler(device.type, enabled=fp16)
+
+    def autocast(self):
+        return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.enabled)
+
+    def backward(self, loss):
+        self.scaler.scale(loss).backward()
+
+    def step(self, optimizer):
+        self.scaler.step(optimizer)
+        self.scaler.update()
+
 
 def train(args, ckpt):
     if args.dataset == "mixture8":
