@@ -261,10 +261,14 @@ def save_checkpoint(args, state):
     os.replace(path + ".tmp", path)
 
 
-def restore_rng(state):  # torch's only: nothing draws from Python's or NumPy's (older checkpoints)
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def restore(ckpt, **parts):
+    """Load each module or optimizer from ckpt[name], then torch's generators (the only ones the
+    scripts draw from; older checkpoints also hold Python's and NumPy's, which are ignored)."""
+    for name, part in parts.items():
+        part.load_state_dict(ckpt[name])
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    if ckpt["rng"]["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
 
 
 def make_output_dir(path):
@@ -405,12 +409,10 @@ def train(args, ckpt):
     edges = torch.linspace(args.mean - 4 * args.std, args.mean + 4 * args.std, 61)
     frames, frame_epochs, epoch, elapsed = [], [], 0, 0.0  # frames: histograms of G(fixed_noise)
     if ckpt:
-        for net, key in ((G, "G"), (D, "D"), (opt_G, "opt_G"), (opt_D, "opt_D")):
-            net.load_state_dict(ckpt[key])
+        restore(ckpt, G=G, D=D, opt_G=opt_G, opt_D=opt_D)
         fixed_noise, frames, frame_epochs = ckpt["fixed_noise"].to(device), ckpt["frames"], \
             ckpt["frame_epochs"]
         epoch, elapsed = ckpt["epoch"], ckpt["elapsed_s"]
-        restore_rng(ckpt["rng"])
     out = make_output_dir(args.output_dir)
     moment_columns = [f"{s}_{m}" for s in ("real", "fake") for m in ("mean", "std", "skew", "kurt")]
     progress = Progress(os.path.join(out, "log.csv"), args.epochs, epoch, elapsed, bool(ckpt),

@@ -275,10 +275,14 @@ def save_checkpoint(args, state):
     os.replace(path + ".tmp", path)
 
 
-def restore_rng(state):  # torch's only: nothing draws from Python's or NumPy's (older checkpoints)
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def restore(ckpt, **parts):
+    """Load each module or optimizer from ckpt[name], then torch's generators (the only ones the
+    scripts draw from; older checkpoints also hold Python's and NumPy's, which are ignored)."""
+    for name, part in parts.items():
+        part.load_state_dict(ckpt[name])
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    if ckpt["rng"]["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
 
 
 def make_output_dir(path):
@@ -422,11 +426,9 @@ def train(args, ckpt):
     fixed_noise = torch.randn(64, args.nz, device=device)  # the per-epoch grids use these z
     iteration, elapsed = 0, 0.0
     if ckpt:
-        for net, key in ((G, "G"), (D, "D"), (opt_G, "opt_G"), (opt_D, "opt_D"), (G_ema, "G_ema")):
-            net.load_state_dict(ckpt[key])
+        restore(ckpt, G=G, D=D, opt_G=opt_G, opt_D=opt_D, G_ema=G_ema)
         fixed_noise, iteration, elapsed = ckpt["fixed_noise"].to(device), ckpt["iteration"], \
             ckpt["elapsed_s"]
-        restore_rng(ckpt["rng"])
     out = make_output_dir(args.output_dir)
     total = args.epochs * iterations
     progress = Progress(os.path.join(out, args.log_file), total, iteration, elapsed, bool(ckpt))

@@ -12,12 +12,13 @@ the paper's scene network (Fig. 3): z of 1024 -> fc 7x7x256 -> 3x3 transposed co
 stride 2 and 1 -> 112x112; D: 5x5 stride-2 convolutions 64-128-256-512, a linear score. It starts
 from (size/16)^2: --image-size 112 is the paper's. Adam with beta1 0.5 (section 4.1); --arch lsgan
 defaults to the authors' train_lsun.py (lr 1e-3, batch 64, z of 1024), --arch dcgan to DCGAN's.
-Section 4.3's stability experiment: --dataset mixture8, its own section below the banner.
+Section 4.3's stability experiment: --dataset mixture8, its own section below the banner. Samples
+use BatchNorm's running statistics, as the authors' sampler does (batch_norm with train=False).
 
 Deviations (each also stated where it happens):
   - --arch dcgan --loss ls: D's score layer starts from N(0, 0.002), not N(0, 0.02) (--score-std);
-  - z ~ N(0, I) (the authors' code: U(-1, 1)); samples with BatchNorm in eval mode, as the
-    authors' sampler (running statistics);
+  - z ~ N(0, I) (the authors' code: U(-1, 1)); Eq. 2's expectations are batch means (the
+    authors' tf.nn.l2_loss sums over the batch: a scale that Adam largely divides out);
   - the rest is dcgan.py's (data, devices, speed options, torchrun, LSUN not de-duplicated).
 
 Run:     python lsgan.py --dataset mnist --dataroot DIR --epochs 1
@@ -374,10 +375,14 @@ def save_checkpoint(args, state):
     os.replace(path + ".tmp", path)
 
 
-def restore_rng(state):  # torch's only: nothing draws from Python's or NumPy's (older checkpoints)
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def restore(ckpt, **parts):
+    """Load each module or optimizer from ckpt[name], then torch's generators (the only ones the
+    scripts draw from; older checkpoints also hold Python's and NumPy's, which are ignored)."""
+    for name, part in parts.items():
+        part.load_state_dict(ckpt[name])
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    if ckpt["rng"]["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
 
 
 def make_output_dir(path):
@@ -560,11 +565,9 @@ def train(args, ckpt):
     fixed_noise = torch.randn(64, args.nz, device=device)  # the per-epoch grids use these z
     iteration, elapsed = 0, 0.0
     if ckpt:
-        for net, key in ((G, "G"), (D, "D"), (opt_G, "opt_G"), (opt_D, "opt_D")):
-            net.load_state_dict(ckpt[key])
+        restore(ckpt, G=G, D=D, opt_G=opt_G, opt_D=opt_D)
         fixed_noise, iteration, elapsed = ckpt["fixed_noise"].to(device), ckpt["iteration"], \
             ckpt["elapsed_s"]
-        restore_rng(ckpt["rng"])
     if world.size > 1:  # every process draws its own z: one seed, offset by rank and position
         torch.manual_seed(args.seed * 1_000_003 + iteration * 101 + world.rank)
     G_step, D_step = (torch.compile(G), torch.compile(D)) if args.compile else (G, D)
@@ -940,11 +943,9 @@ def train_mixture(args, ckpt):
     fixed_noise = torch.randn(2000, args.nz, device=device)  # the per-epoch scatter plots
     iteration, elapsed, iterations = 0, 0.0, MIXTURE_EPOCH // args.batch_size
     if ckpt:
-        for net, key in ((G, "G"), (D, "D"), (opt_G, "opt_G"), (opt_D, "opt_D")):
-            net.load_state_dict(ckpt[key])
+        restore(ckpt, G=G, D=D, opt_G=opt_G, opt_D=opt_D)
         fixed_noise, iteration, elapsed = ckpt["fixed_noise"].to(device), ckpt["iteration"], \
             ckpt["elapsed_s"]
-        restore_rng(ckpt["rng"])
     out, total = make_output_dir(args.output_dir), args.epochs * iterations
     scatter(mixture_points(2000, "cpu", torch.Generator().manual_seed(0)),
             os.path.join(out, "real.png"), f"{args.loss}: real data")
