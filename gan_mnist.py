@@ -174,7 +174,8 @@ def train_step(G, D, opt_G, opt_D, batches, d_steps_before=0, r1=10.0, r1_every=
 def update_average(G_ema, G, decay):
     """Deviation: pictures and samples come from an exponential moving average of G's weights
     (Yazici et al. 2019, arXiv:1806.04498v2), which smooths the MLP's step-to-step jitter. The
-    caller ramps the decay as (1 + t) / (30 + t) up to --ema."""
+    caller ramps the decay as (1 + t) / (30 + t) up to --ema: it reaches 0.999 only after 28,970
+    steps, so a 10-epoch run (4,680 steps at batch 128) ends at 0.9938 whatever --ema >= that."""
     with torch.no_grad():
         for average, current in zip(G_ema.parameters(), G.parameters()):
             average.lerp_(current, 1 - decay)
@@ -426,7 +427,8 @@ def train(args, ckpt):
     fixed_noise = torch.randn(64, args.nz, device=device)  # the per-epoch grids use these z
     iteration, elapsed = 0, 0.0
     if ckpt:
-        restore(ckpt, G=G, D=D, opt_G=opt_G, opt_D=opt_D, G_ema=G_ema)
+        # With --ema 0 the average is G itself: it must not receive the checkpoint's average.
+        restore(ckpt, G=G, D=D, opt_G=opt_G, opt_D=opt_D, **({"G_ema": G_ema} if args.ema else {}))
         fixed_noise, iteration, elapsed = ckpt["fixed_noise"].to(device), ckpt["iteration"], \
             ckpt["elapsed_s"]
     out = make_output_dir(args.output_dir)

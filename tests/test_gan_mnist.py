@@ -221,3 +221,17 @@ def test_the_tutorial_spellings_still_work(run, data):
     assert code == 0, err
     saved = torch.load("d/checkpoint.pt", weights_only=True)["args"]
     assert (saved["nz"], saved["lr"], saved["lr_d"]) == (16, 3e-4, 2e-4)
+
+
+def test_resuming_with_another_ema_keeps_g_itself(run, data, monkeypatch):
+    """With --ema 0 the averaged G is G itself: a resume must load G's own weights into it, never
+    the checkpoint's average (which would silently replace the trained G)."""
+    assert run(gm.main, small(data, "d", "--epochs", 1, "--ema", 0.5))[0] == 0
+    saved = torch.load("d/checkpoint.pt", weights_only=True)
+    assert not all(torch.equal(saved["G"][k], saved["G_ema"][k]) for k in saved["G"])
+    seen = []
+    real_step = gm.train_step
+    monkeypatch.setattr(gm, "train_step", lambda G, *a, **k: seen.append(
+        {k_: v.clone() for k_, v in G.state_dict().items()}) or real_step(G, *a, **k))
+    assert run(gm.main, ["--resume", "--dataroot", data, "--output-dir", "d", "--epochs", 2, "--ema", 0])[0] == 0
+    assert all(torch.equal(seen[0][k], saved["G"][k]) for k in saved["G"])
