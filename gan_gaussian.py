@@ -310,17 +310,17 @@ class Progress:
                  say=print, reduce=lambda sums: sums):
         self.total, self.before, self.elapsed, self.unit = total, elapsed, elapsed, unit
         self.say = say
-        self.reduce, self.sums, self.steps, self.samples, self.file = reduce, 0, 0, 0, None
+        self.reduce, self.sums, self.steps, self.samples, self.path = reduce, 0, 0, 0, path
         self.start = self.tick = time.perf_counter()
         if path:
             rows = []
             if resumed and os.path.exists(path):
                 with open(path, newline="") as f:
                     rows = [r for r in list(csv.reader(f))[1:] if r and int(r[1]) <= iteration]
-            self.file = open(path, "w", newline="")
-            self.csv = csv.writer(self.file)
-            self.csv.writerows([["epoch", "iteration", "loss_d", "loss_g", "d_x", "d_g_z",
-                                 "samples_per_s", "elapsed_s", *columns]] + rows)
+            header = ["epoch", "iteration", "loss_d", "loss_g", "d_x", "d_g_z", "samples_per_s",
+                      "elapsed_s", *columns]
+            with open(path, "w", newline="") as f:
+                csv.writer(f).writerows([header] + rows)
 
     def add(self, stats, samples):
         self.sums, self.steps = self.sums + stats, self.steps + 1
@@ -334,10 +334,10 @@ class Progress:
             fail(f"training diverged: loss is {loss_d} (D), {loss_g} (G) by iteration {iteration}; "
                  "the last good checkpoint is kept", 1)
         rate = self.samples / (now - self.tick)
-        if self.file:
+        if self.path:  # opened per row: nothing held open, nothing half-written on a crash
             values = (loss_d, loss_g, d_x, d_g_z, rate, self.elapsed, *extra)
-            self.csv.writerow([epoch, iteration] + [f"{v:.6g}" for v in values])
-            self.file.flush()
+            with open(self.path, "a", newline="") as f:
+                csv.writer(f).writerow([epoch, iteration] + [f"{v:.6g}" for v in values])
         left = eta((self.total - iteration) * (now - self.tick) / self.steps)
         self.say(f"{where}  loss_D {loss_d:.3f}  loss_G {loss_g:.3f}  D(x) {d_x:.3f}  D(G(z)) "
                  f"{d_g_z:.3f}{note}  {rate:,.0f} {self.unit}/s  ETA {left}")
@@ -440,8 +440,7 @@ def train(args, ckpt):
                 progress.line(epoch, epoch, f"epoch {epoch}/{args.epochs}", real_m + fake_m,
                               f"  real {fmt(real_m)}  fake {fmt(fake_m)}")
                 with torch.no_grad():
-                    frames.append(torch.histc(G(fixed_noise).cpu(), 60, edges[0].item(),
-                                              edges[-1].item()))
+                    frames.append(torch.histc(G(fixed_noise).cpu(), 60, *edges[[0, -1]].tolist()))
                 frame_epochs.append(epoch)
                 save_checkpoint(args, {
                     "epoch": epoch, "iteration": epoch, "elapsed_s": progress.elapsed,
@@ -482,7 +481,7 @@ def write_pictures(x, args, frames, frame_epochs, edges):
     import matplotlib.pyplot as plt
 
     out = args.output_dir
-    grid = torch.linspace(edges[0].item(), edges[-1].item(), 200)
+    grid = torch.linspace(*edges[[0, -1]].tolist(), 200)
     density = torch.exp(-((grid - args.mean) / args.std) ** 2 / 2) / (args.std * (2 * np.pi) ** .5)
     width = (edges[1] - edges[0]).item()
     fig, ax = plt.subplots(figsize=(6, 3.6))

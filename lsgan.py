@@ -228,6 +228,11 @@ def d_loss(scores, target, loss="ls"):
     return 0.5 * (scores - target).pow(2).mean()
 
 
+def eq2_targets(args):
+    """(a, b, c) of Eq. 2 for --coding; bce's targets are 0 for generated, 1 for real and for G."""
+    return CODINGS[args.coding] if args.loss == "ls" else (0.0, 1.0, 1.0)
+
+
 def g_loss(scores, target, loss="ls"):
     """G's side. Eq. 2: 1/2 E[(D(G(z)) - c)^2] (target c). bce: the non-saturating G of
     Goodfellow et al., section 3: descend -log D(G(z)) = BCE(D(G(z)), 1)."""
@@ -424,17 +429,17 @@ class Progress:
                  say=print, reduce=lambda sums: sums):
         self.total, self.before, self.elapsed, self.unit = total, elapsed, elapsed, unit
         self.say = say
-        self.reduce, self.sums, self.steps, self.samples, self.file = reduce, 0, 0, 0, None
+        self.reduce, self.sums, self.steps, self.samples, self.path = reduce, 0, 0, 0, path
         self.start = self.tick = time.perf_counter()
         if path:
             rows = []
             if resumed and os.path.exists(path):
                 with open(path, newline="") as f:
                     rows = [r for r in list(csv.reader(f))[1:] if r and int(r[1]) <= iteration]
-            self.file = open(path, "w", newline="")
-            self.csv = csv.writer(self.file)
-            self.csv.writerows([["epoch", "iteration", "loss_d", "loss_g", "d_x", "d_g_z",
-                                 "samples_per_s", "elapsed_s", *columns]] + rows)
+            header = ["epoch", "iteration", "loss_d", "loss_g", "d_x", "d_g_z", "samples_per_s",
+                      "elapsed_s", *columns]
+            with open(path, "w", newline="") as f:
+                csv.writer(f).writerows([header] + rows)
 
     def add(self, stats, samples):
         self.sums, self.steps = self.sums + stats, self.steps + 1
@@ -448,10 +453,10 @@ class Progress:
             fail(f"training diverged: loss is {loss_d} (D), {loss_g} (G) by iteration {iteration}; "
                  "the last good checkpoint is kept", 1)
         rate = self.samples / (now - self.tick)
-        if self.file:
+        if self.path:  # opened per row: nothing held open, nothing half-written on a crash
             values = (loss_d, loss_g, d_x, d_g_z, rate, self.elapsed, *extra)
-            self.csv.writerow([epoch, iteration] + [f"{v:.6g}" for v in values])
-            self.file.flush()
+            with open(self.path, "a", newline="") as f:
+                csv.writer(f).writerow([epoch, iteration] + [f"{v:.6g}" for v in values])
         left = eta((self.total - iteration) * (now - self.tick) / self.steps)
         self.say(f"{where}  loss_D {loss_d:.3f}  loss_G {loss_g:.3f}  D(x) {d_x:.3f}  D(G(z)) "
                  f"{d_g_z:.3f}{note}  {rate:,.0f} {self.unit}/s  ETA {left}")
@@ -576,7 +581,7 @@ def train(args, ckpt):
         ids = [device.index] if device.type == "cuda" else None
         G_step, D_step = DDP(G_step, device_ids=ids), DDP(D_step, device_ids=ids)
     amp = Amp(args.amp, device)
-    targets = CODINGS[args.coding] if args.loss == "ls" else (0.0, 1.0, 1.0)
+    targets = eq2_targets(args)
     if args.compile:
         world.say(f"{SCRIPT}: torch.compile: G and D compile during the first steps")
     if args.amp:
@@ -604,8 +609,8 @@ def train(args, ckpt):
                 if args.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 z = torch.randn(len(x), args.nz, device=device)  # this process's share of z
-                progress.add(train_step(G_step, D_step, opt_G, opt_D, x, z, amp, targets, args.loss),
-                             args.batch_size)
+                stats = train_step(G_step, D_step, opt_G, opt_D, x, z, amp, targets, args.loss)
+                progress.add(stats, args.batch_size)
                 iteration, step = iteration + 1, step + 1
                 stopping = world.agree(stop.requested)
                 if iteration % log_every == 0 or iteration == last or stopping:
@@ -951,7 +956,7 @@ def train_mixture(args, ckpt):
             os.path.join(out, "real.png"), f"{args.loss}: real data")
     progress = Progress(os.path.join(out, "log.csv"), total, iteration, elapsed, bool(ckpt))
     last = min(total, iteration + 2) if args.dry_run else total
-    targets = CODINGS[args.coding] if args.loss == "ls" else (0.0, 1.0, 1.0)
+    targets = eq2_targets(args)
     amp = Amp(False, device)
     print(f"{SCRIPT}: {vars(args)}\n{SCRIPT}: mixture8, {iterations} iterations of "
           f"{args.batch_size} per epoch; {'resuming at' if ckpt else 'starting at'} iteration "
@@ -978,7 +983,7 @@ def train_mixture(args, ckpt):
             if stop.requested:
                 stop.exit(args, f"iteration {iteration}")
     save_gif(sorted(glob.glob(os.path.join(out, "epoch_*.png"))), os.path.join(out, "progress.gif"))
-    plot_log(os.path.join(out, "log.csv"), os.path.join(out, "loss.png"), title=f"{SCRIPT} mixture8")
+    plot_log(os.path.join(out, "log.csv"), os.path.join(out, "loss.png"), f"{SCRIPT} mixture8")
     scores = mixture_scores(sample(G, torch.randn(10_000, args.nz, device=device)))
     with open(os.path.join(out, "metrics.json"), "w") as f:
         json.dump(scores, f)
