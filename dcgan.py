@@ -82,6 +82,8 @@ def build_parser():
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
                    help="NHWC images and weights (default: on for the CPU, off elsewhere)")
     g.add_argument("--compile", action="store_true", help="torch.compile G and D")
+    g.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=True,
+                   help="under torchrun, BatchNorm over the global batch, not each process's share")
     g = p.add_argument_group("run")
     g.add_argument("--output-dir", default=os.path.join("output", SCRIPT))
     g.add_argument("--seed", type=int, default=1, help="seeds torch")
@@ -181,7 +183,10 @@ def train_step(G, D, opt_G, opt_D, x, z, amp):
         loss_fake = d_loss(fake_logits, 0.0)
     amp.backward(loss_fake)
     amp.step(opt_D)
-    # (2) G: through the updated D, whose weights need no gradients here.
+    # (2) G: through the updated D, whose weights need no gradients here. D is in training mode in
+    # all three passes, so each updates its BatchNorm running statistics: they average two generated
+    # batches to one real one. Nothing here runs D in eval mode; anything that did would normalise
+    # with that mix.
     with frozen(D) as D_local, amp.autocast():
         loss_g = g_loss(D_local(fake).float())
     opt_G.zero_grad(set_to_none=True)
@@ -290,7 +295,7 @@ def save_checkpoint(args, state):
     """state, the options and torch's generators, written to a temporary file and renamed into
     place: a crash mid-write never leaves a broken checkpoint."""
     path = os.path.join(args.output_dir, "checkpoint.pt")
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    cuda = torch.cuda.get_rng_state() if torch.cuda.is_available() else []  # this process's GPU
     torch.save({"script": SCRIPT, "torch_version": str(torch.__version__), "args": vars(args),
                 "rng": {"torch": torch.get_rng_state(), "cuda": cuda}, **state}, path + ".tmp")
     os.replace(path + ".tmp", path)
@@ -302,8 +307,9 @@ def restore(ckpt, **parts):
     for name, part in parts.items():
         part.load_state_dict(ckpt[name])
     torch.set_rng_state(ckpt["rng"]["torch"])
-    if ckpt["rng"]["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+    cuda = ckpt["rng"]["cuda"]  # older checkpoints: a list, one per GPU
+    if len(cuda) and torch.cuda.is_available():
+        torch.cuda.set_rng_state(cuda[0] if isinstance(cuda, list) else cuda)
 
 
 def make_output_dir(path):
@@ -420,7 +426,7 @@ def main(argv=None):
 
 # Options a resumed or sampling run may change; options that must match the checkpoint.
 RUN_KEYS = ("output_dir", "device", "dry_run", "resume", "generate", "interpolate", "dataroot",
-            "workers", "amp", "channels_last", "compile")
+            "workers", "amp", "channels_last", "compile", "sync_bn")
 MODEL_KEYS = ("dataset", "classes", "image_size", "nz", "ngf", "ndf")
 
 
@@ -481,8 +487,10 @@ def train(args, ckpt):
         restore(ckpt, G=G, D=D, opt_G=opt_G, opt_D=opt_D)
         fixed_noise, iteration, elapsed = ckpt["fixed_noise"].to(device), ckpt["iteration"], \
             ckpt["elapsed_s"]
-    if world.size > 1:  # every process draws its own z: one seed, offset by rank and position
-        torch.manual_seed(args.seed * 1_000_003 + iteration * 101 + world.rank)
+    if world.size > 1 and args.sync_bn:
+        for module in (*G.modules(), *D.modules()):
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.__class__ = GlobalBatchNorm  # same parameters and buffers, global statistics
     G_step, D_step = (torch.compile(G), torch.compile(D)) if args.compile else (G, D)
     if world.size > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -515,7 +523,9 @@ def train(args, ckpt):
             for x in data.batches(epoch, step, args.batch_size, world):
                 if args.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
-                z = torch.randn(len(x), args.nz, device=device)  # this process's share of z
+                # Every process draws the global batch's z from the same stream and keeps its
+                # share: N processes use the z that one process would.
+                z = torch.randn(args.batch_size, args.nz, device=device)[world.rank::world.size]
                 progress.add(train_step(G_step, D_step, opt_G, opt_D, x, z, amp), args.batch_size)
                 iteration, step = iteration + 1, step + 1
                 stopping = world.agree(stop.requested)
@@ -629,6 +639,31 @@ class World:
         return tensor
 
 
+class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm (1d or 2d) whose training statistics are the global batch's: each process's sums
+    are all-reduced, differentiably, so that N processes normalise as one process would. (PyTorch's
+    SyncBatchNorm does this on GPUs only; this runs on every backend, gloo included.)"""
+
+    def _check_input_dim(self, x):
+        pass
+
+    def forward(self, x):
+        if not (self.training and dist.is_initialized()):
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce  # sums; backward sums gradients
+        dims, shape = [0, *range(2, x.dim())], [1, -1, *[1] * (x.dim() - 2)]
+        n = x.numel() // x.shape[1] * dist.get_world_size()  # equal shares: global batch // N
+        xf = x.float()
+        mean = all_reduce(xf.sum(dims)) / n
+        var = all_reduce((xf - mean.view(shape)).square().sum(dims)) / n  # biased, as BatchNorm
+        with torch.no_grad():  # running statistics: unbiased variance, as BatchNorm keeps
+            self.running_mean.lerp_(mean, self.momentum)
+            self.running_var.lerp_(var * n / max(n - 1, 1), self.momentum)
+            self.num_batches_tracked += 1
+        y = (xf - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        return (y * self.weight.view(shape) + self.bias.view(shape)).to(x.dtype)
+
+
 # ---- data ----
 
 def channels_of(dataset):
@@ -648,9 +683,10 @@ class Data:
     def batches(self, epoch, step, batch_size, world):
         iterations, size = self.size // batch_size, self.args.image_size
         if self.args.dataset == "fake":  # random uint8 images made where they are used
-            shape = (batch_size // world.size, self.channels, size, size)
+            shape = (batch_size, self.channels, size, size)  # the global batch, as z
             for _ in range(step, iterations):
-                yield to_model(torch.randint(0, 256, shape, dtype=torch.uint8, device=self.device))
+                images = torch.randint(0, 256, shape, dtype=torch.uint8, device=self.device)
+                yield to_model(images[world.rank::world.size])
             return
         g = torch.Generator().manual_seed(self.args.seed * 100003 + epoch)
         order = torch.randperm(self.size, generator=g)

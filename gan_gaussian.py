@@ -255,7 +255,7 @@ def save_checkpoint(args, state):
     """state, the options and torch's generators, written to a temporary file and renamed into
     place: a crash mid-write never leaves a broken checkpoint."""
     path = os.path.join(args.output_dir, "checkpoint.pt")
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    cuda = torch.cuda.get_rng_state() if torch.cuda.is_available() else []  # this process's GPU
     torch.save({"script": SCRIPT, "torch_version": str(torch.__version__), "args": vars(args),
                 "rng": {"torch": torch.get_rng_state(), "cuda": cuda}, **state}, path + ".tmp")
     os.replace(path + ".tmp", path)
@@ -267,8 +267,9 @@ def restore(ckpt, **parts):
     for name, part in parts.items():
         part.load_state_dict(ckpt[name])
     torch.set_rng_state(ckpt["rng"]["torch"])
-    if ckpt["rng"]["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+    cuda = ckpt["rng"]["cuda"]  # older checkpoints: a list, one per GPU
+    if len(cuda) and torch.cuda.is_available():
+        torch.cuda.set_rng_state(cuda[0] if isinstance(cuda, list) else cuda)
 
 
 def make_output_dir(path):
