@@ -13,10 +13,12 @@ Deviations from the tutorial (each also stated where it happens; README.md has t
   - Adam at 1e-3 for G and 4e-4 for D with beta1 0, not 2e-4 for both with beta1 0.5, made safe by
     an R1 penalty on D (Mescheder et al. 2018, arXiv:1801.04406v4; gamma 10, lazily every 4th
     D-step; --r1 0 turns it off);
-  - dropout 0.1 in D, not 0.3 (the paper gives no rate); a registered module, so it is off in eval
-    mode (the tutorial builds it inside forward, where it stays on when sampling);
+  - dropout 0.1 on D's hidden units, not the tutorial's nn.Dropout() (p 0.5) built inside forward,
+    where it stays on when sampling; ours is a registered module, off in eval mode. (The authors'
+    mnist.yaml drops 0.2 of D's input and 0.5 of its hidden units, on maxout layers.)
   - BatchNorm after G's hidden layers;
-  - pictures and --generate use a moving average of G's weights (--ema; --ema 0: G itself).
+  - pictures and --generate use a moving average of G's weights (--ema; --ema 0: G itself),
+    with BatchNorm statistics recomputed for the averaged weights.
 None of these changes the game of Eq. 1 or Algorithm 1: they are how fast and smoothly it is played.
 MNIST is read once into one uint8 tensor on the device; batches are taken by indexing it.
 
@@ -56,7 +58,8 @@ def build_parser():
                    "torchvision downloads there when the files are missing")
     g = p.add_argument_group("model")
     g.add_argument("--nz", "--noise-size", type=positive_int, default=100, help="size of z")
-    g.add_argument("--dropout", type=probability, default=0.1, help="D's rate (tutorial: 0.3)")
+    g.add_argument("--dropout", type=probability, default=0.1,
+                   help="on D's hidden units (tutorial: 0.5)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=positive_int, default=10, help="passes over the training set")
     g.add_argument("--batch-size", type=positive_int, default=128, help="per D-step (tutorial: 64)")
@@ -105,7 +108,7 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    def __init__(self, image_size=28, dropout=0.3):
+    def __init__(self, image_size=28, dropout=0.1):
         super().__init__()
         self.net = nn.Sequential(
             nn.Flatten(),                                                       # (N, 784)
@@ -150,7 +153,7 @@ def train_step(G, D, opt_G, opt_D, batches, d_steps_before=0, r1=10.0, r1_every=
     on the device."""
     for k, (x, z) in enumerate(batches):
         # (1) D: descend Eq. 1's cross-entropies on a real and a (detached) generated batch. Lazy R1
-        # (Karras et al. 2020, arXiv:1912.04958v2, section 4): every r1_every-th D-step, weighted
+        # (Karras et al. 2020, arXiv:1912.04958v2, section 3.1): every r1_every-th D-step, weighted
         # r1_every times as much: the same regularisation on average for a quarter of the cost.
         lazy = r1 > 0 and (d_steps_before + k) % r1_every == 0
         fake = G(z)
@@ -179,8 +182,24 @@ def update_average(G_ema, G, decay):
     with torch.no_grad():
         for average, current in zip(G_ema.parameters(), G.parameters()):
             average.lerp_(current, 1 - decay)
-        for average, current in zip(G_ema.buffers(), G.buffers()):  # BatchNorm's statistics
-            average.copy_(current)
+
+
+def refresh_statistics(G_ema, nz, batch_size, batches=16):
+    """BatchNorm statistics for the averaged weights (G's running ones belong to G's weights):
+    the plain mean over `batches` batches of z, G_ema in train mode without gradients. Its z come
+    from a generator of their own, so training's random stream, and a resumed run, are untouched."""
+    device = next(G_ema.parameters()).device
+    g = torch.Generator(device).manual_seed(0)
+    norms = [m for m in G_ema.modules() if isinstance(m, nn.BatchNorm1d)]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # None: a cumulative average, each batch weighted alike
+    G_ema.train()
+    with torch.no_grad():
+        for _ in range(batches):
+            G_ema(torch.randn(batch_size, nz, device=device, generator=g))
+    for m in norms:
+        m.momentum = 0.1
 
 
 # ---- run plumbing: the same in every script ----
@@ -270,7 +289,7 @@ def save_checkpoint(args, state):
     """state, the options and torch's generators, written to a temporary file and renamed into
     place: a crash mid-write never leaves a broken checkpoint."""
     path = os.path.join(args.output_dir, "checkpoint.pt")
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    cuda = torch.cuda.get_rng_state() if torch.cuda.is_available() else []  # this process's GPU
     torch.save({"script": SCRIPT, "torch_version": str(torch.__version__), "args": vars(args),
                 "rng": {"torch": torch.get_rng_state(), "cuda": cuda}, **state}, path + ".tmp")
     os.replace(path + ".tmp", path)
@@ -282,8 +301,9 @@ def restore(ckpt, **parts):
     for name, part in parts.items():
         part.load_state_dict(ckpt[name])
     torch.set_rng_state(ckpt["rng"]["torch"])
-    if ckpt["rng"]["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+    cuda = ckpt["rng"]["cuda"]  # older checkpoints: a list, one per GPU
+    if len(cuda) and torch.cuda.is_available():
+        torch.cuda.set_rng_state(cuda[0] if isinstance(cuda, list) else cuda)
 
 
 def make_output_dir(path):
@@ -458,6 +478,8 @@ def train(args, ckpt):
                                   f"[iter {step + 1}/{iterations}]")
                 if iteration == last or stop.requested:
                     break
+            if args.ema > 0:
+                refresh_statistics(G_ema, args.nz, args.batch_size)
             G_ema.eval()  # G(fixed z) after (the latest point of) each epoch; the GIF joins them
             with torch.no_grad():
                 save_grid(G_ema(fixed_noise), os.path.join(out, f"epoch_{epoch + 1:03d}.png"))

@@ -235,3 +235,21 @@ def test_resuming_with_another_ema_keeps_g_itself(run, data, monkeypatch):
         {k_: v.clone() for k_, v in G.state_dict().items()}) or real_step(G, *a, **k))
     assert run(gm.main, ["--resume", "--dataroot", data, "--output-dir", "d", "--epochs", 2, "--ema", 0])[0] == 0
     assert all(torch.equal(seen[0][k], saved["G"][k]) for k in saved["G"])
+
+
+def test_the_average_gets_batchnorm_statistics_of_its_own_weights():
+    """refresh_statistics: each BatchNorm's running mean is the mean of its input over the refresh batches
+    of the averaged G (not G's statistics), its variance the mean of their unbiased variances; training's
+    random stream is not touched, and the momentum is back at 0.1."""
+    torch.manual_seed(0)
+    G_ema = gm.Generator(nz=8)
+    state = torch.get_rng_state()
+    gm.refresh_statistics(G_ema, nz=8, batch_size=32, batches=4)
+    assert torch.equal(torch.get_rng_state(), state)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        h = torch.stack([G_ema.net[0](torch.randn(32, 8, generator=g)) for _ in range(4)])  # (4, 32, 256)
+    norm = G_ema.net[1]
+    assert torch.allclose(norm.running_mean, h.mean((0, 1)), atol=1e-5)
+    assert torch.allclose(norm.running_var, h.var(1).mean(0), atol=1e-4)
+    assert norm.momentum == 0.1 and int(norm.num_batches_tracked) == 4
