@@ -12,13 +12,15 @@ the paper's scene network (Fig. 3): z of 1024 -> fc 7x7x256 -> 3x3 transposed co
 stride 2 and 1 -> 112x112; D: 5x5 stride-2 convolutions 64-128-256-512, a linear score. It starts
 from (size/16)^2: --image-size 112 is the paper's. Adam with beta1 0.5 (section 4.1); --arch lsgan
 defaults to the authors' train_lsun.py (lr 1e-3, batch 64, z of 1024), --arch dcgan to DCGAN's.
-Section 4.3's stability experiment: --dataset mixture8, its own section below the banner. Samples
-use BatchNorm's running statistics, as the authors' sampler does (batch_norm with train=False).
+Section 4.3's stability experiment: --dataset mixture8, the authors' mixture script by default
+(its own section below the banner). Samples use BatchNorm's running statistics, as the authors'
+sampler does (batch_norm with train=False).
 
 Deviations (each also stated where it happens):
   - --arch dcgan --loss ls: D's score layer starts from N(0, 0.002), not N(0, 0.02) (--score-std);
   - z ~ N(0, I) (the authors' code: U(-1, 1)); Eq. 2's expectations are batch means (the
     authors' tf.nn.l2_loss sums over the batch: a scale that Adam largely divides out);
+  - mixture8: 8 equal modes (the authors' sampler gives one of them twice the weight);
   - the rest is dcgan.py's (data, devices, speed options, torchrun, LSUN not de-duplicated).
 
 Run:     python lsgan.py --dataset mnist --dataroot DIR --epochs 1
@@ -60,7 +62,7 @@ CODINGS = {"0-1-1": (0.0, 1.0, 1.0), "pearson": (-1.0, 1.0, 0.0)}  # (a, b, c) o
 INIT_STD = 0.02  # the image networks' initial weights: N(0, 0.02) (DCGAN, section 4)
 # Defaults that depend on the network or the data: nz, lr, lr-d, batch size, epochs.
 DEFAULTS = {"dcgan": (100, 2e-4, None, 128, 5), "lsgan": (1024, 1e-3, None, 64, 5),
-            "mixture8": (256, 1e-3, 1e-4, 512, 10)}
+            "mixture8": (256, 1e-3, 1e-4, 512, None)}  # epochs: MIXTURE_PROTOCOLS
 
 
 def build_parser():
@@ -86,8 +88,12 @@ def build_parser():
     g.add_argument("--ndf", type=positive_int, default=64, help="dcgan: D's channels, first block")
     g.add_argument("--score-std", type=positive_float, help="std of D's initial score layer "
                    "[0.002 for --loss ls on --arch dcgan, a deviation; else 0.02, as DCGAN]")
+    g.add_argument("--mixture-protocol", choices=["authors", "alternating"], default="authors",
+                   help="mixture8: the authors' script (radius 1, sigma 0.01, orthogonal init, "
+                   "simultaneous updates) or this script's earlier one (section 4.3 below)")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=positive_int, help="passes over the data [5; mixture: 10]")
+    g.add_argument("--epochs", type=positive_int, help="passes over the data [5; mixture: 35 of "
+                   "1,000 steps, the authors'; alternating: 10]")
     g.add_argument("--batch-size", type=positive_int,
                    help="per step, over all processes [128 dcgan, 64 lsgan, 512 mixture]")
     g.add_argument("--lr", type=positive_float, help="Adam's rate for G, and D [2e-4 dcgan, "
@@ -101,6 +107,8 @@ def build_parser():
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
                    help="NHWC images and weights (default: on for the CPU, off elsewhere)")
     g.add_argument("--compile", action="store_true", help="torch.compile G and D")
+    g.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=True,
+                   help="under torchrun, BatchNorm over the global batch, not each process's share")
     g = p.add_argument_group("run")
     g.add_argument("--output-dir", default=os.path.join("output", SCRIPT))
     g.add_argument("--seed", type=int, default=1, help="seeds torch")
@@ -263,7 +271,10 @@ def train_step(G, D, opt_G, opt_D, x, z, amp, targets=(0.0, 1.0, 1.0), loss="ls"
         loss_fake = d_loss(fake_scores, a, loss)
     amp.backward(loss_fake)
     amp.step(opt_D)
-    # (2) G: through the updated D, whose weights need no gradients here.
+    # (2) G: through the updated D, whose weights need no gradients here. D is in training mode in
+    # all three passes, so each updates its BatchNorm running statistics: they average two generated
+    # batches to one real one. Nothing here runs D in eval mode; anything that did would normalise
+    # with that mix.
     with frozen(D) as D_local, amp.autocast():
         loss_g = g_loss(D_local(fake).float(), c, loss)
     opt_G.zero_grad(set_to_none=True)
@@ -374,7 +385,7 @@ def save_checkpoint(args, state):
     """state, the options and torch's generators, written to a temporary file and renamed into
     place: a crash mid-write never leaves a broken checkpoint."""
     path = os.path.join(args.output_dir, "checkpoint.pt")
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    cuda = torch.cuda.get_rng_state() if torch.cuda.is_available() else []  # this process's GPU
     torch.save({"script": SCRIPT, "torch_version": str(torch.__version__), "args": vars(args),
                 "rng": {"torch": torch.get_rng_state(), "cuda": cuda}, **state}, path + ".tmp")
     os.replace(path + ".tmp", path)
@@ -386,8 +397,9 @@ def restore(ckpt, **parts):
     for name, part in parts.items():
         part.load_state_dict(ckpt[name])
     torch.set_rng_state(ckpt["rng"]["torch"])
-    if ckpt["rng"]["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+    cuda = ckpt["rng"]["cuda"]  # older checkpoints: a list, one per GPU
+    if len(cuda) and torch.cuda.is_available():
+        torch.cuda.set_rng_state(cuda[0] if isinstance(cuda, list) else cuda)
 
 
 def make_output_dir(path):
@@ -504,13 +516,15 @@ def main(argv=None):
 
 # Options a resumed or sampling run may change; options that must match the checkpoint.
 RUN_KEYS = ("output_dir", "device", "dry_run", "resume", "generate", "interpolate", "dataroot",
-            "workers", "amp", "channels_last", "compile")
+            "workers", "amp", "channels_last", "compile", "sync_bn")
 MODEL_KEYS = ("dataset", "classes", "arch", "image_size", "nz", "ngf", "ndf")
 
 
 def settle(args):
     nz, lr, lr_d, batch_size, epochs = DEFAULTS[
         "mixture8" if args.dataset == "mixture8" else args.arch]
+    if args.dataset == "mixture8":
+        epochs = MIXTURE_PROTOCOLS[args.mixture_protocol][2]
     args.nz, args.lr, args.epochs = args.nz or nz, args.lr or lr, args.epochs or epochs
     args.batch_size, args.lr_d = args.batch_size or batch_size, args.lr_d or lr_d or args.lr
     if args.score_std is None:
@@ -573,8 +587,10 @@ def train(args, ckpt):
         restore(ckpt, G=G, D=D, opt_G=opt_G, opt_D=opt_D)
         fixed_noise, iteration, elapsed = ckpt["fixed_noise"].to(device), ckpt["iteration"], \
             ckpt["elapsed_s"]
-    if world.size > 1:  # every process draws its own z: one seed, offset by rank and position
-        torch.manual_seed(args.seed * 1_000_003 + iteration * 101 + world.rank)
+    if world.size > 1 and args.sync_bn:
+        for module in (*G.modules(), *D.modules()):
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.__class__ = GlobalBatchNorm  # same parameters and buffers, global statistics
     G_step, D_step = (torch.compile(G), torch.compile(D)) if args.compile else (G, D)
     if world.size > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -608,7 +624,9 @@ def train(args, ckpt):
             for x in data.batches(epoch, step, args.batch_size, world):
                 if args.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
-                z = torch.randn(len(x), args.nz, device=device)  # this process's share of z
+                # Every process draws the global batch's z from the same stream and keeps its
+                # share: N processes use the z that one process would.
+                z = torch.randn(args.batch_size, args.nz, device=device)[world.rank::world.size]
                 stats = train_step(G_step, D_step, opt_G, opt_D, x, z, amp, targets, args.loss)
                 progress.add(stats, args.batch_size)
                 iteration, step = iteration + 1, step + 1
@@ -739,6 +757,31 @@ class World:
         return tensor
 
 
+class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm (1d or 2d) whose training statistics are the global batch's: each process's sums
+    are all-reduced, differentiably, so that N processes normalise as one process would. (PyTorch's
+    SyncBatchNorm does this on GPUs only; this runs on every backend, gloo included.)"""
+
+    def _check_input_dim(self, x):
+        pass
+
+    def forward(self, x):
+        if not (self.training and dist.is_initialized()):
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce  # sums; backward sums gradients
+        dims, shape = [0, *range(2, x.dim())], [1, -1, *[1] * (x.dim() - 2)]
+        n = x.numel() // x.shape[1] * dist.get_world_size()  # equal shares: global batch // N
+        xf = x.float()
+        mean = all_reduce(xf.sum(dims)) / n
+        var = all_reduce((xf - mean.view(shape)).square().sum(dims)) / n  # biased, as BatchNorm
+        with torch.no_grad():  # running statistics: unbiased variance, as BatchNorm keeps
+            self.running_mean.lerp_(mean, self.momentum)
+            self.running_var.lerp_(var * n / max(n - 1, 1), self.momentum)
+            self.num_batches_tracked += 1
+        y = (xf - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        return (y * self.weight.view(shape) + self.bias.view(shape)).to(x.dtype)
+
+
 # ---- data ----
 
 def channels_of(dataset):
@@ -758,9 +801,10 @@ class Data:
     def batches(self, epoch, step, batch_size, world):
         iterations, size = self.size // batch_size, self.args.image_size
         if self.args.dataset == "fake":  # random uint8 images made where they are used
-            shape = (batch_size // world.size, self.channels, size, size)
+            shape = (batch_size, self.channels, size, size)  # the global batch, as z
             for _ in range(step, iterations):
-                yield to_model(torch.randint(0, 256, shape, dtype=torch.uint8, device=self.device))
+                images = torch.randint(0, 256, shape, dtype=torch.uint8, device=self.device)
+                yield to_model(images[world.rank::world.size])
             return
         g = torch.Generator().manual_seed(self.args.seed * 100003 + epoch)
         order = torch.randperm(self.size, generator=g)
@@ -883,56 +927,90 @@ def one_line(e):
     return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
 
 
-# ---- section 4.3: the mixture of 8 Gaussians, on the same step ----
-# G and D are small MLPs (two hidden layers of 128 tanh units, PyTorch's initialisation), z of 256,
-# batch 512, Adam at 1e-3 for G and 1e-4 for D, as in the authors' mixture script. A mode is covered
-# when >= 1% of 10,000 samples lie within 3 sigma of its centre.
+# ---- section 4.3: the mixture of 8 Gaussians ----
+# The authors' mixture script (stability_comparison/mixture_gaussian, ls.py and sig.py), the default
+# (--mixture-protocol authors): 8 Gaussians of sigma 0.01 on a circle of radius 1; G and D MLPs of
+# two hidden layers of 128 tanh units, orthogonal weights with gain 1.4 and zero biases; z of 256;
+# batch 512; Adam (beta1 0.5) at 1e-3 for G and 1e-4 for D; 35,000 steps in which G and D are
+# updated simultaneously (one TF graph: both gradients from the same parameters and samples).
+# Deviation: their sampler puts 9 components at linspace(0, 2 pi, 9), so 0 and 2 pi coincide and one
+# of the 8 modes has twice the weight of the others; ours are 8 equal modes, the paper's "mixture of
+# 8 Gaussians". --mixture-protocol alternating is this script's earlier setting: radius 2, sigma
+# 0.02, PyTorch's initialisation, the image step (D, then G through the updated D), 10,000 steps.
+# A mode is covered when >= 1% of 10,000 samples lie within 3 sigma of its centre.
 MIXTURE_EPOCH = 512_000  # points per "epoch" (1,000 batches of 512)
-MIXTURE_RADIUS, MIXTURE_SIGMA = 2.0, 0.02
+# radius, sigma, default epochs, orthogonal init, simultaneous updates
+MIXTURE_PROTOCOLS = {"authors": (1.0, 0.01, 35, True, True),
+                     "alternating": (2.0, 0.02, 10, False, False)}
 
 
 class MLP(nn.Module):
     """G: z (256) -> a 2-D point; D: a point -> one raw score."""
 
-    def __init__(self, inputs, outputs, hidden=128):
+    def __init__(self, inputs, outputs, hidden=128, orthogonal=True):
         super().__init__()
         self.net = nn.Sequential(nn.Linear(inputs, hidden), nn.Tanh(),      # (N, 128)
                                  nn.Linear(hidden, hidden), nn.Tanh(),      # (N, 128)
                                  nn.Linear(hidden, outputs))                # (N, outputs)
+        if orthogonal:  # the authors' slim layers: orthogonal_initializer(gain=1.4), zero biases
+            for layer in self.net[::2]:
+                nn.init.orthogonal_(layer.weight, gain=1.4)
+                nn.init.zeros_(layer.bias)
 
     def forward(self, x):
         return self.net(x).squeeze(-1)              # G: (N, 2) points; D: (N,) scores
 
 
-def mixture_centres():
+def mixture_centres(radius=1.0):
     angles = torch.arange(8) * (2 * math.pi / 8)
-    return MIXTURE_RADIUS * torch.stack([angles.cos(), angles.sin()], 1)   # (8, 2)
+    return radius * torch.stack([angles.cos(), angles.sin()], 1)   # (8, 2)
 
 
-def mixture_points(n, device, generator=None):
+def mixture_points(n, device, radius=1.0, sigma=0.01, generator=None):
     """n points: a centre at random, plus N(0, sigma^2) noise."""
     pick = torch.randint(0, 8, (n,), device=device, generator=generator)
     noise = torch.randn(n, 2, device=device, generator=generator)
-    return mixture_centres().to(device)[pick] + MIXTURE_SIGMA * noise
+    return mixture_centres(radius).to(device)[pick] + sigma * noise
 
 
-def mixture_scores(points):
-    near = torch.cdist(points.float().cpu(), mixture_centres()) <= 3 * MIXTURE_SIGMA    # (N, 8)
+def mixture_scores(points, radius=1.0, sigma=0.01):
+    near = torch.cdist(points.float().cpu(), mixture_centres(radius)) <= 3 * sigma    # (N, 8)
     per_mode = near.float().mean(0)
     return {"modes": int((per_mode >= 0.01).sum()),
             "share_within_3sigma": near.any(1).float().mean().item(),
             "share_per_mode": [round(v, 4) for v in per_mode.tolist()]}
 
 
-def scatter(points, path, title):
+def simultaneous_step(G, D, opt_G, opt_D, x, z, amp, targets=(0.0, 1.0, 1.0), loss="ls"):
+    """The authors' update: D's and G's gradients both from the parameters before this step and
+    from the same G(z), then both steps. Returns what train_step returns."""
+    a, b, c = targets
+    fake = G(z)
+    real_scores, fake_scores = D(x), D(fake.detach())
+    loss_d = d_loss(real_scores, b, loss) + d_loss(fake_scores, a, loss)
+    opt_D.zero_grad(set_to_none=True)
+    loss_d.backward()
+    with frozen(D):                                  # D not stepped yet: G sees the same D
+        loss_g = g_loss(D(fake), c, loss)
+    opt_G.zero_grad(set_to_none=True)
+    loss_g.backward()
+    opt_D.step()
+    opt_G.step()
+    squash = torch.sigmoid if loss == "bce" else (lambda scores: scores)
+    d_x, d_g_z = squash(real_scores).mean(), squash(fake_scores).mean()
+    return torch.stack([loss_d, loss_g, d_x, d_g_z]).detach()
+
+
+def scatter(points, path, title, radius=1.0):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    points, centres = points.detach().float().cpu().numpy(), mixture_centres().numpy()
+    points, centres = points.detach().float().cpu().numpy(), mixture_centres(radius).numpy()
     fig, ax = plt.subplots(figsize=(4, 4))
     ax.scatter(points[:, 0], points[:, 1], s=2, alpha=0.4, color="tab:blue")
     ax.scatter(centres[:, 0], centres[:, 1], s=30, marker="x", color="tab:red")
-    ax.set(xlim=(-3, 3), ylim=(-3, 3), aspect="equal", title=title)
+    ax.set(xlim=(-1.5 * radius, 1.5 * radius), ylim=(-1.5 * radius, 1.5 * radius), aspect="equal",
+           title=title)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
@@ -941,7 +1019,9 @@ def scatter(points, path, title):
 def train_mixture(args, ckpt):
     device = pick_device(args.device)
     torch.manual_seed(args.seed)
-    G, D = MLP(args.nz, 2).to(device), MLP(2, 1).to(device)
+    radius, sigma, _, orthogonal, simultaneous = MIXTURE_PROTOCOLS[args.mixture_protocol]
+    G = MLP(args.nz, 2, orthogonal=orthogonal).to(device)
+    D = MLP(2, 1, orthogonal=orthogonal).to(device)
     fused, betas = device.type in ("cpu", "cuda"), (args.beta1, args.beta2)
     opt_G = torch.optim.Adam(G.parameters(), lr=args.lr, betas=betas, fused=fused)
     opt_D = torch.optim.Adam(D.parameters(), lr=args.lr_d, betas=betas, fused=fused)
@@ -952,20 +1032,21 @@ def train_mixture(args, ckpt):
         fixed_noise, iteration, elapsed = ckpt["fixed_noise"].to(device), ckpt["iteration"], \
             ckpt["elapsed_s"]
     out, total = make_output_dir(args.output_dir), args.epochs * iterations
-    scatter(mixture_points(2000, "cpu", torch.Generator().manual_seed(0)),
-            os.path.join(out, "real.png"), f"{args.loss}: real data")
+    title = f"{args.loss}, {args.mixture_protocol}"
+    scatter(mixture_points(2000, "cpu", radius, sigma, torch.Generator().manual_seed(0)),
+            os.path.join(out, "real.png"), f"real data ({args.mixture_protocol})", radius)
     progress = Progress(os.path.join(out, "log.csv"), total, iteration, elapsed, bool(ckpt))
     last = min(total, iteration + 2) if args.dry_run else total
-    targets = eq2_targets(args)
+    targets, step_fn = eq2_targets(args), simultaneous_step if simultaneous else train_step
     amp = Amp(False, device)
     print(f"{SCRIPT}: {vars(args)}\n{SCRIPT}: mixture8, {iterations} iterations of "
           f"{args.batch_size} per epoch; {'resuming at' if ckpt else 'starting at'} iteration "
           f"{iteration} of {total} on {device}", flush=True)
     with StopOnSignal() as stop:
         while iteration < last:
-            x = mixture_points(args.batch_size, device)
+            x = mixture_points(args.batch_size, device, radius, sigma)
             z = torch.randn(args.batch_size, args.nz, device=device)
-            progress.add(train_step(G, D, opt_G, opt_D, x, z, amp, targets, args.loss),
+            progress.add(step_fn(G, D, opt_G, opt_D, x, z, amp, targets, args.loss),
                          args.batch_size)
             iteration += 1
             epoch, step = (iteration - 1) // iterations + 1, (iteration - 1) % iterations + 1
@@ -974,7 +1055,7 @@ def train_mixture(args, ckpt):
                               f"{iterations}]")
             if step == iterations or iteration == last or stop.requested:
                 scatter(sample(G, fixed_noise), os.path.join(out, f"epoch_{epoch:03d}.png"),
-                        f"{args.loss}: epoch {epoch}")
+                        f"{title}: step {iteration}", radius)
                 save_checkpoint(args, {
                     "epoch": iteration // iterations, "iteration": iteration,
                     "elapsed_s": progress.elapsed, "G": G.state_dict(), "D": D.state_dict(),
@@ -984,12 +1065,12 @@ def train_mixture(args, ckpt):
                 stop.exit(args, f"iteration {iteration}")
     save_gif(sorted(glob.glob(os.path.join(out, "epoch_*.png"))), os.path.join(out, "progress.gif"))
     plot_log(os.path.join(out, "log.csv"), os.path.join(out, "loss.png"), f"{SCRIPT} mixture8")
-    scores = mixture_scores(sample(G, torch.randn(10_000, args.nz, device=device)))
+    scores = mixture_scores(sample(G, torch.randn(10_000, args.nz, device=device)), radius, sigma)
     with open(os.path.join(out, "metrics.json"), "w") as f:
         json.dump(scores, f)
-    print(f"{SCRIPT}: mixture8 ({args.loss}): {scores['modes']} of 8 modes covered, "
-          f"{scores['share_within_3sigma']:.1%} of samples within 3 sigma of a centre. Outputs "
-          f"in {out}")
+    print(f"{SCRIPT}: mixture8 ({args.loss}, {args.mixture_protocol}): {scores['modes']} of 8 "
+          f"modes covered, {scores['share_within_3sigma']:.1%} of samples within 3 sigma of a "
+          f"centre. Outputs in {out}")
 
 
 def generate_mixture(args, ckpt):

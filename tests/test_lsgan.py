@@ -1,5 +1,6 @@
 """lsgan.py: Eq. 2 for both codings on hand-computed values, the paper's network, the mixture
 experiment, every dataset format (tiny files in the real formats, offline), and the contract."""
+import copy
 import json
 import math
 import os
@@ -86,11 +87,38 @@ def test_the_paper_network_at_64_starts_from_4x4():
 # ---- the mixture experiment ----
 
 def test_mixture_scores():
-    centres = lsgan.mixture_centres()
-    assert torch.allclose(centres.norm(dim=1), torch.full((8,), 2.0))
+    centres = lsgan.mixture_centres()  # the authors' radius 1
+    assert torch.allclose(centres.norm(dim=1), torch.full((8,), 1.0))
     points = torch.cat([centres[:3].repeat(30, 1), torch.zeros(10, 2)])  # 3 modes, 90 of 100 points on them
     scores = lsgan.mixture_scores(points)
     assert scores["modes"] == 3 and scores["share_within_3sigma"] == pytest.approx(0.9)
+    near = centres[:1] + torch.tensor([[0.02, 0.0]])  # 2 sigma from a centre at sigma 0.01, 1 at 0.02
+    assert lsgan.mixture_scores(near)["modes"] == 1
+    assert lsgan.mixture_scores(2 * near, radius=2.0, sigma=0.02)["modes"] == 1
+
+
+def test_mixture_mlp_starts_orthogonal_with_gain_1_4_as_the_authors():
+    D = lsgan.MLP(2, 1)
+    W = D.net[2].weight  # 128 x 128
+    assert torch.allclose(W @ W.T, 1.96 * torch.eye(128), atol=1e-4)
+    assert all(not layer.bias.any() for layer in D.net[::2])
+
+
+def test_simultaneous_step_takes_both_gradients_before_either_update():
+    torch.manual_seed(0)
+    G, D = lsgan.MLP(4, 2), lsgan.MLP(2, 1)
+    x, z = torch.randn(16, 2), torch.randn(16, 4)
+    G0, D0 = copy.deepcopy(G), copy.deepcopy(D)
+    # expected: plain gradients at the starting parameters, each of its own loss (Eq. 2, 0-1-1)
+    fake = G0(z)
+    loss_d = 0.5 * (D0(x) - 1).pow(2).mean() + 0.5 * D0(fake.detach()).pow(2).mean()
+    grads_d = torch.autograd.grad(loss_d, list(D0.parameters()))
+    grads_g = torch.autograd.grad(0.5 * (D0(fake) - 1).pow(2).mean(), list(G0.parameters()))
+    opt_G, opt_D = torch.optim.SGD(G.parameters(), lr=1.0), torch.optim.SGD(D.parameters(), lr=1.0)
+    lsgan.simultaneous_step(G, D, opt_G, opt_D, x, z, lsgan.Amp(False, torch.device("cpu")))
+    for net, start, grads in ((D, D0, grads_d), (G, G0, grads_g)):
+        for p, p0, g in zip(net.parameters(), start.parameters(), grads):
+            assert torch.allclose(p, p0 - g, atol=1e-6)
 
 
 @pytest.fixture
@@ -114,10 +142,14 @@ def test_mixture_run_writes_scatter_plots_and_metrics(run, short_mixture, loss):
     assert "points" in one_line_error(run, ["--interpolate", "--output-dir", "m"])
 
 
-def test_mixture_interrupted_and_resumed_equals_uninterrupted(run, short_mixture, monkeypatch):
-    common = ["--dataset", "mixture8", "--batch-size", 8, "--epochs", 2, "--log-every", 3]
+@pytest.mark.parametrize("protocol, step", [("authors", "simultaneous_step"),
+                                            ("alternating", "train_step")])
+def test_mixture_interrupted_and_resumed_equals_uninterrupted(run, short_mixture, monkeypatch,
+                                                              protocol, step):
+    common = ["--dataset", "mixture8", "--batch-size", 8, "--epochs", 2, "--log-every", 3,
+              "--mixture-protocol", protocol]
     assert run(lsgan.main, common + ["--output-dir", "whole"])[0] == 0
-    real_step, calls = lsgan.train_step, []
+    real_step, calls = getattr(lsgan, step), []
 
     def step_then_sigint(*a):
         calls.append(1)
@@ -125,15 +157,16 @@ def test_mixture_interrupted_and_resumed_equals_uninterrupted(run, short_mixture
             signal.raise_signal(signal.SIGINT)
         return real_step(*a)
 
-    monkeypatch.setattr(lsgan, "train_step", step_then_sigint)
+    monkeypatch.setattr(lsgan, step, step_then_sigint)
     code, out, _ = run(lsgan.main, common + ["--output-dir", "split"])
     assert code == 130 and "--resume" in out
-    monkeypatch.setattr(lsgan, "train_step", real_step)
+    monkeypatch.setattr(lsgan, step, real_step)
     assert run(lsgan.main, ["--resume", "--output-dir", "split"])[0] == 0
     whole = torch.load("whole/checkpoint.pt", weights_only=True)
     split = torch.load("split/checkpoint.pt", weights_only=True)
     assert all(torch.equal(whole["G"][k], split["G"][k]) for k in whole["G"])
     assert split["args"]["lr_d"] == 1e-4 and split["args"]["nz"] == 256  # the mixture's defaults, kept
+    assert split["args"]["mixture_protocol"] == protocol
 
 
 # ---- images: every format, both networks and codings ----
