@@ -815,6 +815,8 @@ class Data:
                 yield self.resize(to_model(self.images[index.to(self.device)]))
             return
         from torch.utils.data import DataLoader
+        if self.args.workers and hasattr(self.dataset, "close"):
+            self.dataset.close()  # LSUN: the main process's lmdb environments
         loader = DataLoader(self.dataset, batch_sampler=[t.tolist() for t in take],
                             num_workers=self.args.workers, pin_memory=self.device.type == "cuda",
                             worker_init_fn=ignore_signals, collate_fn=stack_images)
@@ -886,7 +888,8 @@ def load_data(args, device):
                  "(github.com/fyu/lsun: python download.py -c bedroom), unzip into --dataroot so "
                  "that it holds bedroom_train_lmdb/{data.mdb,lock.mdb}, and pass --classes bedroom")
         try:
-            dataset = datasets.LSUN(args.dataroot, classes=classes, transform=transform)
+            dataset = LsunLmdb([os.path.join(args.dataroot, c + "_lmdb") for c in classes],
+                               transform, args.output_dir)
         except Exception as e:
             fail(f"cannot read LSUN {','.join(classes)} in {args.dataroot} ({one_line(e)})")
     else:
@@ -902,6 +905,75 @@ def load_data(args, device):
     if len(dataset) == 0:
         fail(f"{args.dataset}: no images in --dataroot {args.dataroot}")
     return Data(args, device, len(dataset), 3, dataset=dataset)
+
+
+class LsunLmdb:
+    """LSUN's lmdb databases, read directly (not torchvision's LSUN, which lists every key on each
+    start and caches the list as a pickle named _cache_* in the current directory, unpickling
+    whatever file has that name: code planted there would run). Keys are listed once per database
+    and kept as plain text, <db>_keys.txt beside it (or under --output-dir when that folder is
+    read-only), checked against the database before use. Each worker opens its own lmdb
+    environment, so the dataset pickles to spawned workers (macOS, Windows)."""
+
+    def __init__(self, paths, transform, output_dir):
+        import numpy as np
+        self.paths, self.transform, self.envs = paths, transform, {}
+        self.keys = [np.array(self.list_keys(path, output_dir), dtype=bytes) for path in paths]
+        self.ends = np.cumsum([len(k) for k in self.keys])
+        self.close()
+
+    def list_keys(self, path, output_dir):
+        entries = self.env(path).stat()["entries"]
+        name = os.path.basename(os.path.normpath(path)) + "_keys.txt"
+        kept = [path.rstrip(os.sep) + "_keys.txt", os.path.join(output_dir, name)]
+        for file in kept:
+            if os.path.isfile(file):
+                with open(file, "rb") as f:
+                    keys = f.read().split()
+                with self.env(path).begin() as txn:  # a stale, cut or damaged list: again
+                    if len(keys) == entries and all(txn.get(k) for k in keys[:1] + keys[-1:]):
+                        return keys
+        with self.env(path).begin() as txn:
+            keys = [key for key, _ in txn.cursor()]  # bedroom's 3 million: minutes, once
+        for file in kept:
+            try:
+                os.makedirs(os.path.dirname(file) or ".", exist_ok=True)
+                with open(file + ".tmp", "wb") as f:
+                    f.write(b"\n".join(keys) + b"\n")
+                os.replace(file + ".tmp", file)
+                break
+            except OSError:
+                continue
+        return keys
+
+    def env(self, path):
+        """This process's read-only environment for path, opened on first use: never pickled,
+        and closed before workers fork (lmdb forbids a second open of a path in one process)."""
+        if (os.getpid(), path) not in self.envs:
+            import lmdb
+            self.envs[os.getpid(), path] = lmdb.open(path, readonly=True, lock=False,
+                                                     readahead=False, meminit=False)
+        return self.envs[os.getpid(), path]
+
+    def close(self):
+        """Before workers fork: lmdb refuses to open a path that the parent process holds open."""
+        for key in [key for key in self.envs if key[0] == os.getpid()]:
+            self.envs.pop(key).close()
+
+    def __getstate__(self):
+        return dict(self.__dict__, envs={})
+
+    def __len__(self):
+        return int(self.ends[-1])
+
+    def __getitem__(self, index):
+        import io
+        from PIL import Image
+        db = int((self.ends <= index).sum())
+        key = self.keys[db][index - (self.ends[db - 1] if db else 0)]
+        with self.env(self.paths[db]).begin() as txn:
+            image = Image.open(io.BytesIO(txn.get(key))).convert("RGB")
+        return self.transform(image), 0
 
 
 def load_mnist(args):

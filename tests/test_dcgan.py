@@ -285,3 +285,44 @@ def test_d_step_backpropagates_the_real_batch_first_and_reduces_once():
                      dcgan.Amp(False, torch.device("cpu")))
     # the G-step goes through D's local module (frozen), not through DDP: no event there
     assert ddp_D.events == ["forward in no_sync", "backward in no_sync", "forward", "backward"]
+
+
+def test_lsun_keys_are_listed_once_as_plain_text_and_no_cache_pickle_is_ever_loaded(run, tmp_path):
+    """torchvision's LSUN unpickles a file named _cache_<letters of the lmdb path> from the current
+    directory: plant one whose unpickling would run code, and check that it never runs. The key list is
+    plain text beside the database, reused while it matches, listed again when damaged."""
+    import pickle
+    import string
+    root = make_lsun(tmp_path / "l")
+    db = os.path.join(root, "bedroom_train_lmdb")
+
+    class Payload:
+        def __reduce__(self):
+            return (os.mkdir, ("pwned",))
+    with open("_cache_" + "".join(c for c in db if c in string.ascii_letters), "wb") as f:
+        pickle.dump(Payload(), f)
+    lsun = ["--dry-run", "--dataroot", root, "--dataset", "lsun", "--classes", "bedroom", "--workers", 0]
+    assert run(dcgan.main, lsun + ["--output-dir", "a"])[0] == 0
+    assert not os.path.exists("pwned")
+    keys = open(db + "_keys.txt", "rb").read().split()
+    assert len(keys) == 12 and all(len(k) == 40 for k in keys)
+    stamp = os.stat(db + "_keys.txt").st_mtime_ns
+    assert run(dcgan.main, lsun + ["--output-dir", "b"])[0] == 0
+    assert os.stat(db + "_keys.txt").st_mtime_ns == stamp  # reused
+    with open(db + "_keys.txt", "wb") as f:
+        f.write(b"x\n" * 12)  # as many lines, none a key
+    assert run(dcgan.main, lsun + ["--output-dir", "c"])[0] == 0
+    assert open(db + "_keys.txt", "rb").read().split() == keys
+
+
+def test_lsun_with_workers_under_the_spawn_start_method(tmp_path):
+    """macOS and Windows start DataLoader workers with spawn: the dataset must pickle (no lmdb handle)."""
+    root = make_lsun(tmp_path / "l")
+    code = ("import multiprocessing, sys; multiprocessing.set_start_method('spawn'); "
+            f"sys.path.insert(0, {ROOT!r}); import dcgan; "
+            f"dcgan.main(['--dry-run', '--dataroot', {root!r}, '--dataset', 'lsun', '--workers', '2', "
+            f"'--output-dir', {str(tmp_path / 'd')!r}])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert os.path.isfile(tmp_path / "d" / "checkpoint.pt")
