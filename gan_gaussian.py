@@ -71,6 +71,10 @@ def build_parser():
                    help="epochs between log lines and checkpoints")
     g.add_argument("--dry-run", action="store_true", help="2 epochs, writing every output")
     g.add_argument("--resume", action="store_true", help="continue <output-dir>/checkpoint.pt")
+    g.add_argument("--snapshot-every", type=count, default=0, metavar="K",
+                   help="keep G's weights every K epochs in <output-dir>/snapshots/ (0: never)")
+    g.add_argument("--epoch", type=positive_int, metavar="K",
+                   help="--generate: from the snapshot of epoch K, not the checkpoint")
     g.add_argument("--generate", type=positive_int, metavar="N",
                    help="write N samples from the checkpoint to <output-dir>/samples.npy")
     return p
@@ -219,6 +223,8 @@ def get_options(argv):
     asked = [f"--{m.replace('_', '-')}" for m in ("resume", *MODES) if getattr(args, m)]
     if len(asked) > 1:
         fail(f"{' and '.join(asked)} exclude each other")
+    if args.epoch is not None and not any(getattr(args, m) for m in MODES):
+        fail(f"--epoch picks the snapshot that --{' or --'.join(MODES)} draws from")
     path = os.path.join(args.output_dir, "checkpoint.pt")
     if asked:
         ckpt = load_checkpoint(path)
@@ -270,6 +276,38 @@ def restore(ckpt, **parts):
     cuda = ckpt["rng"]["cuda"]  # older checkpoints: a list, one per GPU
     if len(cuda) and torch.cuda.is_available():
         torch.cuda.set_rng_state(cuda[0] if isinstance(cuda, list) else cuda)
+
+
+def save_snapshot(args, epoch, **weights):
+    """Every --snapshot-every epochs, G's weights (and the average's, where there is one) in
+    <output-dir>/snapshots/epoch_NNN.pt: small, weights only, for --epoch K; not a resume point."""
+    if not args.snapshot_every or epoch % args.snapshot_every:
+        return
+    folder = os.path.join(args.output_dir, "snapshots")
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"epoch_{epoch:03d}.pt")
+    torch.save({"script": SCRIPT, "epoch": epoch, **weights}, path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
+def chosen_weights(args, ckpt):
+    """What the sampling modes load: the checkpoint's weights, or with --epoch K epoch K's."""
+    if args.epoch is None:
+        return ckpt
+    folder = os.path.join(args.output_dir, "snapshots")
+    path = os.path.join(folder, f"epoch_{args.epoch:03d}.pt")
+    if not os.path.isfile(path):
+        names = os.listdir(folder) if os.path.isdir(folder) else []
+        kept = sorted(int(n[6:-3]) for n in names if n[6:-3].isdigit() and n.endswith(".pt"))
+        fail(f"no snapshot of epoch {args.epoch} in {folder} (kept: "
+             f"{', '.join(map(str, kept)) or 'none'}; --snapshot-every sets how often)")
+    try:
+        snapshot = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        fail(f"cannot read {path}: damaged, or not a snapshot of these scripts")
+    if not isinstance(snapshot, dict) or snapshot.get("script") != SCRIPT:
+        fail(f"{path} is not a snapshot of {SCRIPT}.py")
+    return snapshot
 
 
 def make_output_dir(path):
@@ -385,7 +423,7 @@ def main(argv=None):
 # ---- this script's run: the loop, samples, pictures ----
 
 # Options a resumed or sampling run may change; options that must match the checkpoint.
-RUN_KEYS = ("output_dir", "device", "dry_run", "resume", "generate")
+RUN_KEYS = ("output_dir", "device", "dry_run", "resume", "generate", "epoch")
 MODEL_KEYS = ("preprocess", "nz", "hidden_size")
 
 
@@ -435,6 +473,7 @@ def train(args, ckpt):
             stats, fake = train_step(G, D, opt_G, opt_D, batches, g_noise, args.preprocess, args.r1)
             progress.add(stats, n * args.d_steps)
             epoch += 1
+            save_snapshot(args, epoch, G=G.state_dict())
             if epoch % log_every == 0 or epoch == last or stop.requested:
                 real_m = moments(batches[-1][0].view(1, -1))[0].tolist()
                 fake_m = moments(fake.view(1, -1))[0].tolist()
@@ -511,7 +550,7 @@ def generate(args, ckpt):
     device = pick_device(args.device)
     torch.manual_seed(args.seed)
     G = Generator(args.nz, args.hidden_size).to(device)
-    G.load_state_dict(ckpt["G"])
+    G.load_state_dict(chosen_weights(args, ckpt)["G"])
     x = sample(G, args.generate, args, device)
     path = os.path.join(args.output_dir, "samples.npy")
     np.save(path, x.numpy())

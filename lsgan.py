@@ -117,6 +117,10 @@ def build_parser():
     g.add_argument("--log-every", type=positive_int, default=50, help="iterations a log line")
     g.add_argument("--dry-run", action="store_true", help="2 iterations of <= 8, every output")
     g.add_argument("--resume", action="store_true", help="continue <output-dir>/checkpoint.pt")
+    g.add_argument("--snapshot-every", type=count, default=1, metavar="K",
+                   help="keep G's weights every K epochs in <output-dir>/snapshots/ (0: never)")
+    g.add_argument("--epoch", type=positive_int, metavar="K",
+                   help="--generate, --interpolate: use the snapshot of epoch K")
     g.add_argument("--generate", type=positive_int, metavar="N",
                    help="write N images from the checkpoint to <output-dir>/samples/")
     g.add_argument("--interpolate", action="store_true",
@@ -349,6 +353,8 @@ def get_options(argv):
     asked = [f"--{m.replace('_', '-')}" for m in ("resume", *MODES) if getattr(args, m)]
     if len(asked) > 1:
         fail(f"{' and '.join(asked)} exclude each other")
+    if args.epoch is not None and not any(getattr(args, m) for m in MODES):
+        fail(f"--epoch picks the snapshot that --{' or --'.join(MODES)} draws from")
     path = os.path.join(args.output_dir, "checkpoint.pt")
     if asked:
         ckpt = load_checkpoint(path)
@@ -400,6 +406,38 @@ def restore(ckpt, **parts):
     cuda = ckpt["rng"]["cuda"]  # older checkpoints: a list, one per GPU
     if len(cuda) and torch.cuda.is_available():
         torch.cuda.set_rng_state(cuda[0] if isinstance(cuda, list) else cuda)
+
+
+def save_snapshot(args, epoch, **weights):
+    """Every --snapshot-every epochs, G's weights (and the average's, where there is one) in
+    <output-dir>/snapshots/epoch_NNN.pt: small, weights only, for --epoch K; not a resume point."""
+    if not args.snapshot_every or epoch % args.snapshot_every:
+        return
+    folder = os.path.join(args.output_dir, "snapshots")
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"epoch_{epoch:03d}.pt")
+    torch.save({"script": SCRIPT, "epoch": epoch, **weights}, path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
+def chosen_weights(args, ckpt):
+    """What the sampling modes load: the checkpoint's weights, or with --epoch K epoch K's."""
+    if args.epoch is None:
+        return ckpt
+    folder = os.path.join(args.output_dir, "snapshots")
+    path = os.path.join(folder, f"epoch_{args.epoch:03d}.pt")
+    if not os.path.isfile(path):
+        names = os.listdir(folder) if os.path.isdir(folder) else []
+        kept = sorted(int(n[6:-3]) for n in names if n[6:-3].isdigit() and n.endswith(".pt"))
+        fail(f"no snapshot of epoch {args.epoch} in {folder} (kept: "
+             f"{', '.join(map(str, kept)) or 'none'}; --snapshot-every sets how often)")
+    try:
+        snapshot = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        fail(f"cannot read {path}: damaged, or not a snapshot of these scripts")
+    if not isinstance(snapshot, dict) or snapshot.get("script") != SCRIPT:
+        fail(f"{path} is not a snapshot of {SCRIPT}.py")
+    return snapshot
 
 
 def make_output_dir(path):
@@ -515,8 +553,8 @@ def main(argv=None):
 # ---- this script's run: the loop, its data, several processes, samples ----
 
 # Options a resumed or sampling run may change; options that must match the checkpoint.
-RUN_KEYS = ("output_dir", "device", "dry_run", "resume", "generate", "interpolate", "dataroot",
-            "workers", "amp", "channels_last", "compile", "sync_bn")
+RUN_KEYS = ("output_dir", "device", "dry_run", "resume", "generate", "epoch", "interpolate",
+            "dataroot", "workers", "amp", "channels_last", "compile", "sync_bn")
 MODEL_KEYS = ("dataset", "classes", "arch", "image_size", "nz", "ngf", "ndf")
 
 
@@ -643,6 +681,8 @@ def train(args, ckpt):
                     "elapsed_s": progress.elapsed, "G": G.state_dict(), "D": D.state_dict(),
                     "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(),
                     "fixed_noise": fixed_noise.cpu()})
+                if iteration % iterations == 0:  # a whole epoch
+                    save_snapshot(args, iteration // iterations, G=G.state_dict())
             if stopping:
                 stop.exit(args, f"iteration {iteration}", world.say)
     if world.rank == 0:
@@ -685,7 +725,7 @@ def load_generator(args, ckpt):
     device = pick_device(args.device)
     torch.manual_seed(args.seed)
     G = networks(args, channels_of(args.dataset))[0].to(device)
-    G.load_state_dict(ckpt["G"])
+    G.load_state_dict(chosen_weights(args, ckpt)["G"])
     return G, device
 
 
@@ -1046,11 +1086,18 @@ def mixture_points(n, device, radius=1.0, sigma=0.01, generator=None):
 
 
 def mixture_scores(points, radius=1.0, sigma=0.01):
-    near = torch.cdist(points.float().cpu(), mixture_centres(radius)) <= 3 * sigma    # (N, 8)
-    per_mode = near.float().mean(0)
-    return {"modes": int((per_mode >= 0.01).sum()),
-            "share_within_3sigma": near.any(1).float().mean().item(),
-            "share_per_mode": [round(v, 4) for v in per_mode.tolist()]}
+    """Modes covered (>= 1% of the points within 3 sigma of the centre) and the share of points
+    within 3 sigma of any centre; the same within 10 sigma, a looser look at near misses."""
+    distance = torch.cdist(points.float().cpu(), mixture_centres(radius))    # (N, 8)
+    scores = {}
+    for k, key in ((3, ""), (10, "_10sigma")):
+        near = distance <= k * sigma
+        per_mode = near.float().mean(0)
+        scores[f"modes{key}"] = int((per_mode >= 0.01).sum())
+        scores[f"share_within_{k}sigma"] = near.any(1).float().mean().item()
+        if k == 3:
+            scores["share_per_mode"] = [round(v, 4) for v in per_mode.tolist()]
+    return scores
 
 
 def simultaneous_step(G, D, opt_G, opt_D, x, z, amp, targets=(0.0, 1.0, 1.0), loss="ls"):
@@ -1133,6 +1180,8 @@ def train_mixture(args, ckpt):
                     "elapsed_s": progress.elapsed, "G": G.state_dict(), "D": D.state_dict(),
                     "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(),
                     "fixed_noise": fixed_noise.cpu()})
+                if step == iterations:
+                    save_snapshot(args, iteration // iterations, G=G.state_dict())
             if stop.requested:
                 stop.exit(args, f"iteration {iteration}")
     save_gif(sorted(glob.glob(os.path.join(out, "epoch_*.png"))), os.path.join(out, "progress.gif"))
@@ -1149,10 +1198,14 @@ def generate_mixture(args, ckpt):
     torch.manual_seed(args.seed)
     device = pick_device(args.device)
     G = MLP(args.nz, 2).to(device)
-    G.load_state_dict(ckpt["G"])
+    G.load_state_dict(chosen_weights(args, ckpt)["G"])
     path = os.path.join(args.output_dir, "samples.npy")
-    np.save(path, sample(G, torch.randn(args.generate, args.nz, device=device)).cpu().numpy())
-    print(f"{SCRIPT}: wrote {args.generate} points to {path}")
+    points = sample(G, torch.randn(args.generate, args.nz, device=device))
+    np.save(path, points.cpu().numpy())
+    s = mixture_scores(points, *MIXTURE_PROTOCOLS[args.mixture_protocol][:2])
+    print(f"{SCRIPT}: wrote {args.generate} points to {path}: modes covered {s['modes']} "
+          f"({s['share_within_3sigma']:.1%} within 3 sigma), within 10 sigma {s['modes_10sigma']} "
+          f"({s['share_within_10sigma']:.1%})")
 
 
 MODES = {"generate": generate, "interpolate": interpolate}  # run instead of train() when asked

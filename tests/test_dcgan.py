@@ -287,6 +287,37 @@ def test_d_step_backpropagates_the_real_batch_first_and_reduces_once():
     assert ddp_D.events == ["forward in no_sync", "backward in no_sync", "forward", "backward"]
 
 
+def test_snapshots_each_epoch_and_sampling_from_one(run, tmp_path):
+    """--snapshot-every 1 (default) keeps G's weights per epoch, small and weights only; --generate and
+    --interpolate take --epoch K; a missing or damaged snapshot is one error line, nothing written."""
+    data = make_mnist(tmp_path / "data", n=16)
+    assert run(dcgan.main, ["--dataset", "mnist", "--dataroot", data, "--image-size", 32, "--ngf", 8, "--ndf", 8,
+                            "--batch-size", 8, "--epochs", 2, "--output-dir", "d"])[0] == 0
+    assert sorted(os.listdir("d/snapshots")) == ["epoch_001.pt", "epoch_002.pt"]
+    first = torch.load("d/snapshots/epoch_001.pt", weights_only=True)
+    last, ckpt = torch.load("d/snapshots/epoch_002.pt", weights_only=True), torch.load("d/checkpoint.pt",
+                                                                                       weights_only=True)
+    assert set(first) == {"script", "epoch", "G"} and first["epoch"] == 1
+    assert all(torch.equal(last["G"][k], ckpt["G"][k]) for k in ckpt["G"])
+    assert not all(torch.equal(first["G"][k], ckpt["G"][k]) for k in ckpt["G"])
+    assert os.path.getsize("d/snapshots/epoch_001.pt") < os.path.getsize("d/checkpoint.pt") / 2
+    for epoch in (1, 2):
+        assert run(dcgan.main, ["--generate", 4, "--epoch", epoch, "--output-dir", "d"])[0] == 0
+        os.rename("d/samples", f"d/samples{epoch}")
+    assert run(dcgan.main, ["--generate", 4, "--output-dir", "d"])[0] == 0  # the checkpoint: epoch 2
+    read = lambda folder: iio.imread(os.path.join(folder, "000000.png"))
+    assert (read("d/samples2") == read("d/samples")).all() and not (read("d/samples1") == read("d/samples")).all()
+    assert run(dcgan.main, ["--interpolate", "--epoch", 1, "--output-dir", "d"])[0] == 0
+    err = one_line_error(run, ["--generate", 4, "--epoch", 3, "--output-dir", "d"])
+    assert "no snapshot of epoch 3" in err and "kept: 1, 2" in err
+    with open("d/snapshots/epoch_001.pt", "wb") as f:
+        f.write(b"not a snapshot")
+    assert "cannot read" in one_line_error(run, ["--generate", 4, "--epoch", 1, "--output-dir", "d"])
+    assert "--epoch" in one_line_error(run, ["--dataset", "mnist", "--dataroot", data, "--epoch", 1,
+                                             "--output-dir", "e"])
+    assert not os.path.exists("e")
+
+
 def test_lsun_keys_are_listed_once_as_plain_text_and_no_cache_pickle_is_ever_loaded(run, tmp_path):
     """torchvision's LSUN unpickles a file named _cache_<letters of the lmdb path> from the current
     directory: plant one whose unpickling would run code, and check that it never runs. The key list is

@@ -211,3 +211,14 @@ def test_output_dir_that_is_a_file(run):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is here")
 def test_unavailable_device(run):
     assert "cuda" in one_line_error(run, ["--dry-run", "--device", "cuda", "--output-dir", "d"])
+
+
+def test_snapshots_every_k_epochs_and_generate_from_one(run):
+    """Off by default here (an epoch is one step); --snapshot-every 5 keeps epochs 5 and 10."""
+    assert run(gg.main, ["--epochs", 10, "--log-every", 5, "--output-dir", "d"])[0] == 0
+    assert not os.path.exists("d/snapshots")
+    assert run(gg.main, ["--epochs", 10, "--log-every", 5, "--snapshot-every", 5, "--output-dir", "s"])[0] == 0
+    assert sorted(os.listdir("s/snapshots")) == ["epoch_005.pt", "epoch_010.pt"]
+    assert run(gg.main, ["--generate", 50, "--epoch", 5, "--output-dir", "s"])[0] == 0
+    assert np.load("s/samples.npy").shape[0] == 50
+    assert "kept: 5, 10" in one_line_error(run, ["--generate", 50, "--epoch", 7, "--output-dir", "s"])

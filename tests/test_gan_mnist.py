@@ -253,3 +253,12 @@ def test_the_average_gets_batchnorm_statistics_of_its_own_weights():
     assert torch.allclose(norm.running_mean, h.mean((0, 1)), atol=1e-5)
     assert torch.allclose(norm.running_var, h.var(1).mean(0), atol=1e-4)
     assert norm.momentum == 0.1 and int(norm.num_batches_tracked) == 4
+
+
+def test_snapshots_keep_g_and_its_average_per_epoch(run, data):
+    assert run(gm.main, small(data, "d", "--epochs", 2))[0] == 0
+    assert sorted(os.listdir("d/snapshots")) == ["epoch_001.pt", "epoch_002.pt"]
+    snapshot = torch.load("d/snapshots/epoch_001.pt", weights_only=True)
+    assert set(snapshot) == {"script", "epoch", "G", "G_ema"}
+    assert run(gm.main, ["--generate", 5, "--epoch", 1, "--dataroot", data, "--output-dir", "d"])[0] == 0
+    assert len(os.listdir("d/samples")) == 5

@@ -131,7 +131,8 @@ def test_mixture_run_writes_scatter_plots_and_metrics(run, short_mixture, loss):
     code, out, err = run(lsgan.main, ["--dataset", "mixture8", "--loss", loss, "--batch-size", 8, "--epochs", 2,
                                       "--output-dir", "m"])
     assert code == 0, err
-    for name in ("real.png", "epoch_001.png", "epoch_002.png", "progress.gif", "loss.png", "log.csv"):
+    for name in ("real.png", "epoch_001.png", "epoch_002.png", "progress.gif", "loss.png", "log.csv",
+                 "snapshots/epoch_001.pt", "snapshots/epoch_002.pt"):
         assert os.path.getsize(os.path.join("m", name)) > 0, name
     with open("m/metrics.json") as f:
         metrics = json.load(f)
@@ -139,6 +140,7 @@ def test_mixture_run_writes_scatter_plots_and_metrics(run, short_mixture, loss):
     assert "modes covered" in out
     assert run(lsgan.main, ["--generate", 300, "--output-dir", "m"])[0] == 0
     assert np.load("m/samples.npy").shape == (300, 2)
+    assert run(lsgan.main, ["--generate", 30, "--epoch", 1, "--output-dir", "m"])[0] == 0
     assert "points" in one_line_error(run, ["--interpolate", "--output-dir", "m"])
 
 

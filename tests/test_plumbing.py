@@ -52,10 +52,10 @@ def test_lines_fit_in_100_columns(name):
 
 @pytest.mark.parametrize("name", SCRIPTS)
 def test_options_are_never_abbreviated(run, name):
-    """`--epoch 9` must not be taken as `--epochs 9`: a mistyped option is an error."""
+    """`--batch 9` must not be taken as `--batch-size 9`: a mistyped option is an error."""
     module = importlib.import_module(name)
-    code, _, err = run(module.main, ["--epoch", "9", "--output-dir", "d"])
-    assert code == 2 and "unrecognized arguments: --epoch" in err and len(err.splitlines()) == 1
+    code, _, err = run(module.main, ["--batch", "9", "--output-dir", "d"])
+    assert code == 2 and "unrecognized arguments: --batch" in err and len(err.splitlines()) == 1
 
 
 def test_a_checkpoint_from_before_the_rewrite_resumes(run):
