@@ -1,0 +1,218 @@
+#!/usr/bin/env python3
+"""Score generated MNIST or Fashion-MNIST images: the figures README.md quotes, reproducible here.
+
+    python evaluate.py SAMPLES --dataset mnist --dataroot DIR   # SAMPLES: PNG folder or .npy
+    python evaluate.py --real --dataset mnist --dataroot DIR    # the real-vs-real floor
+
+A small CNN classifier (two 3x3 convolutions, a 128-unit layer) is trained on the training split on
+first use: seeded, on the CPU, two epochs, about a minute on 2 cores; it is saved beside the data as
+<dataroot>/<MNIST|FashionMNIST>/evaluate_classifier.pt and reused. Printed:
+  - classifier FID: the Frechet distance between the Gaussians fitted to the 128-d features of
+    the samples and of the 10,000 test images. It is NOT the Inception FID of other papers: never
+    put the two side by side. Lower is better; --real gives the floor (10,000 training images);
+  - classes covered: classes predicted for >= 2% of the samples;
+  - class balance: the smallest and largest predicted share (0.10 each when balanced);
+  - confidence: the mean of the classifier's top softmax probability.
+Samples: PNGs (grey or RGB, any size: made grey and resized to 28x28 with antialiasing, as 64x64
+DCGAN samples need) or a .npy of images, uint8 in 0..255 or floats in [-1, 1]. At least 1,000
+samples (the 128-d covariance needs many more than 128); README figures use 10,000.
+"""
+import argparse
+import gzip
+import os
+import struct
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+FOLDERS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
+MIN_SAMPLES = 1000
+EPOCHS, BATCH, SEED = 2, 128, 0
+
+
+class Classifier(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 32, 3), nn.ReLU(),                     # (N, 32, 26, 26)
+            nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2),   # (N, 64, 12, 12)
+            nn.Flatten(), nn.Linear(64 * 12 * 12, 128), nn.ReLU())  # (N, 128): the FID features
+        self.head = nn.Linear(128, 10)                          # (N, 10) logits
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+def fail(message):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def read_idx(path):
+    """An idx file (or its .gz) of uint8: images (N, 28, 28) or labels (N,)."""
+    if not os.path.isfile(path) and os.path.isfile(path + ".gz"):
+        path += ".gz"
+    with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
+        data = f.read()
+    dims = data[3]
+    shape = struct.unpack(f">{dims}I", data[4:4 + 4 * dims])
+    return torch.frombuffer(bytearray(data[4 + 4 * dims:]), dtype=torch.uint8).view(*shape)
+
+
+def load_split(args, split):
+    raw = os.path.join(args.dataroot, FOLDERS[args.dataset], "raw")
+    try:
+        images = os.path.join(raw, f"{split}-images-idx3-ubyte")
+        if not (os.path.isfile(images) or os.path.isfile(images + ".gz")):
+            from torchvision import datasets
+            getattr(datasets, FOLDERS[args.dataset])(args.dataroot, train=True, download=True)
+        return read_idx(images), read_idx(os.path.join(raw, f"{split}-labels-idx1-ubyte")).long()
+    except Exception as e:
+        fail(f"cannot load {args.dataset} {split} from {raw} ({type(e).__name__}: {e})")
+
+
+def to_input(images):
+    """uint8 (N, 28, 28) -> floats (N, 1, 28, 28) in [-1, 1], as the scripts' G makes them."""
+    return images.unsqueeze(1).float().div(127.5).sub(1)
+
+
+def classifier(args):
+    """The saved classifier, or a new one trained (CPU, seeded) and saved beside the data."""
+    path = os.path.join(args.dataroot, FOLDERS[args.dataset], "evaluate_classifier.pt")
+    net = Classifier()
+    if os.path.isfile(path):
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            net.load_state_dict(saved["classifier"])
+            return net.eval(), saved["test_accuracy"]
+        except Exception:
+            fail(f"cannot read {path}: damaged? Delete it and it is trained again")
+    images, labels = load_split(args, "train")
+    test_images, test_labels = load_split(args, "t10k")
+    torch.manual_seed(SEED)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    start = time.time()
+    for epoch in range(EPOCHS):
+        order = torch.randperm(len(images))
+        for i in range(0, len(images), BATCH):
+            take = order[i:i + BATCH]
+            loss = F.cross_entropy(net(to_input(images[take])), labels[take])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    net.eval()
+    predicted = predict(net, to_input(test_images))[1].argmax(1)
+    accuracy = (predicted == test_labels).float().mean().item()
+    print(f"evaluate: trained the {args.dataset} classifier in {time.time() - start:.0f} s, test "
+          f"accuracy {accuracy:.4f}; saved as {path}")
+    try:
+        torch.save({"classifier": net.state_dict(), "test_accuracy": accuracy}, path + ".tmp")
+        os.replace(path + ".tmp", path)
+    except OSError as e:
+        print(f"evaluate: could not save it ({e.strerror}): it is trained again next time")
+    return net, accuracy
+
+
+@torch.no_grad()
+def predict(net, x):
+    """(features (N, 128), logits (N, 10)) in batches."""
+    feats = [net.features(x[i:i + 1000]) for i in range(0, len(x), 1000)]
+    feats = torch.cat(feats).double()
+    return feats, net.head(feats.float()).double()
+
+
+def frechet(a, b):
+    """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)) of Gaussians fitted to features a, b.
+    Tr (S_a S_b)^(1/2) is the sum of the square roots of the eigenvalues of S_a^(1/2) S_b S_a^(1/2).
+    """
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    s_a, s_b = torch.cov(a.T), torch.cov(b.T)
+    w, v = torch.linalg.eigh(s_a)
+    root_a = v @ torch.diag(w.clamp(min=0).sqrt()) @ v.T
+    cross = torch.linalg.eigvalsh(root_a @ s_b @ root_a).clamp(min=0).sqrt().sum()
+    return ((mu_a - mu_b).square().sum() + s_a.trace() + s_b.trace() - 2 * cross).item()
+
+
+def load_samples(path):
+    """Samples as floats (N, 1, 28, 28) in [-1, 1]."""
+    if os.path.isdir(path):
+        import imageio.v3 as iio
+        names = sorted(n for n in os.listdir(path) if n.lower().endswith(".png"))
+        if not names:
+            fail(f"no .png files in {path}")
+        try:
+            arrays = [iio.imread(os.path.join(path, n)) for n in names]
+        except Exception as e:
+            fail(f"cannot read the images in {path} ({type(e).__name__}: {e})")
+        grey = [a.mean(-1) if a.ndim == 3 else a for a in arrays]  # RGB -> grey
+        if len({g.shape for g in grey}) > 1:
+            fail(f"the images in {path} differ in size")
+        x = torch.from_numpy(np.stack(grey).astype(np.float32)).unsqueeze(1) / 127.5 - 1
+    elif path.endswith(".npy") and os.path.isfile(path):
+        try:
+            array = np.load(path, allow_pickle=False)
+        except Exception as e:
+            fail(f"cannot read {path} ({type(e).__name__}: {e})")
+        x = torch.from_numpy(np.asarray(array, dtype=np.float32))
+        x = x / 127.5 - 1 if array.dtype == np.uint8 else x
+        if x.dim() == 2 and x.shape[1] == 784:
+            x = x.view(-1, 28, 28)
+        x = x.unsqueeze(1) if x.dim() == 3 else x
+        if x.dim() != 4 or x.shape[1] not in (1, 3):
+            fail(f"{path}: expected images (N, 28, 28), (N, C, H, W) or (N, 784), not "
+                 f"{tuple(array.shape)}")
+        x = x.mean(1, keepdim=True)
+    else:
+        fail(f"{path}: not a folder of PNGs nor a .npy file")
+    if len(x) < MIN_SAMPLES:
+        fail(f"{len(x)} samples in {path}: at least {MIN_SAMPLES} are needed for a stable "
+             "classifier FID (README figures use 10,000)")
+    if x.shape[-1] != 28 or x.shape[-2] != 28:
+        x = F.interpolate(x, size=(28, 28), mode="bilinear", antialias=True, align_corners=False)
+    return x.clamp(-1, 1)
+
+
+def score(net, samples, reference):
+    feats, logits = predict(net, samples)
+    probs = logits.softmax(1)
+    shares = torch.bincount(probs.argmax(1), minlength=10).double() / len(samples)
+    return {"classifier_fid": frechet(feats, reference),
+            "classes_covered": int((shares >= 0.02).sum()),
+            "smallest_share": shares.min().item(), "largest_share": shares.max().item(),
+            "confidence": probs.max(1).values.mean().item(), "samples": len(samples)}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
+    p.add_argument("samples", nargs="?", help="a folder of PNGs or a .npy of images")
+    p.add_argument("--dataset", choices=list(FOLDERS), default="mnist")
+    p.add_argument("--dataroot", default="./data", help="holds MNIST/raw or FashionMNIST/raw "
+                   "(torchvision downloads there when missing)")
+    p.add_argument("--real", action="store_true", help="score 10,000 training images: the floor")
+    args = p.parse_args(argv)
+    if bool(args.samples) == args.real:
+        fail("give SAMPLES or --real, not both or neither")
+    samples = None if args.real else load_samples(args.samples)  # bad input fails before training
+    net, accuracy = classifier(args)
+    test_images, _ = load_split(args, "t10k")
+    reference, _ = predict(net, to_input(test_images))
+    if args.real:
+        images, _ = load_split(args, "train")
+        pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(1))[:10000]
+        samples = to_input(images[pick])
+    result = score(net, samples, reference)
+    print(f"{args.samples or 'real training images'} ({result['samples']} samples; {args.dataset} "
+          f"classifier of test accuracy {accuracy:.4f}):\n"
+          f"  classifier FID   {result['classifier_fid']:.2f}\n"
+          f"  classes covered  {result['classes_covered']}/10 (>= 2% of samples each)\n"
+          f"  class shares     {result['smallest_share']:.3f} .. {result['largest_share']:.3f}\n"
+          f"  confidence       {result['confidence']:.3f}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
