@@ -17,8 +17,9 @@ Deviations (each also stated where it happens):
   - samples are drawn with BatchNorm in eval mode (running statistics): see sample();
   - LSUN is not de-duplicated (the paper's section 4.1.1 removes near-duplicate images).
 Data: mnist, fashion-mnist and cifar10 live in memory on the device and are resized there, a
-batch at a time; folder datasets and lsun are decoded by DataLoader workers (resize and center crop
-in PIL); --dataset fake makes random images on the device (to time the model alone).
+batch at a time; folder datasets and lsun are decoded once by DataLoader workers (resize and center
+crop in PIL) into a uint8 file at the training size, then memory-mapped (--no-cache: every epoch);
+--dataset fake makes random images on the device (to time the model alone).
 
 Run:     python dcgan.py --dataset lsun --classes bedroom --dataroot DIR --epochs 5
          python dcgan.py --dataset celeba --dataroot DIR --epochs 5   # DIR/<folder>/*.jpg
@@ -62,7 +63,11 @@ def build_parser():
                    help="cifar10 and the mnists download into --dataroot; others must be there")
     g.add_argument("--dataroot", default="./data", help="where the dataset is (or downloads to)")
     g.add_argument("--classes", default="bedroom", help="LSUN categories, comma separated")
-    g.add_argument("--workers", type=count, default=2, help="DataLoader processes (folders, lsun)")
+    g.add_argument("--workers", type=count, default=min(8, os.cpu_count() or 1),
+                   help="processes that decode folder datasets and lsun (default: CPUs, up to 8)")
+    g.add_argument("--cache", action=argparse.BooleanOptionalAction, default=True,
+                   help="folder datasets and lsun: decode once into a uint8 file at the training "
+                   "size and read that afterwards (--no-cache: decode every epoch)")
     g = p.add_argument_group("model")
     g.add_argument("--image-size", type=int, default=64, help=f"one of {IMAGE_SIZES} (paper: 64)")
     g.add_argument("--nz", type=positive_int, default=100, help="size of z (paper: 100)")
@@ -464,7 +469,7 @@ def main(argv=None):
 
 # Options a resumed or sampling run may change; options that must match the checkpoint.
 RUN_KEYS = ("output_dir", "device", "dry_run", "resume", "generate", "epoch", "interpolate",
-            "dataroot", "workers", "amp", "channels_last", "compile", "sync_bn")
+            "dataroot", "workers", "cache", "amp", "channels_last", "compile", "sync_bn")
 MODEL_KEYS = ("dataset", "classes", "image_size", "nz", "ngf", "ndf")
 
 
@@ -732,16 +737,22 @@ class Data:
         order = torch.randperm(self.size, generator=g)
         take = [order[i * batch_size:(i + 1) * batch_size][world.rank::world.size]
                 for i in range(step, iterations)]
-        if self.images is not None:
+        if self.images is not None:  # on the device, or a memory-mapped cache on the CPU
             for index in take:
-                yield self.resize(to_model(self.images[index.to(self.device)]))
+                images = self.images[index.to(self.images.device)]
+                if images.device != self.device:
+                    images = images.pin_memory() if self.device.type == "cuda" else images
+                yield self.resize(to_model(images.to(self.device, non_blocking=True)))
             return
+        # --no-cache: workers for this epoch. Persistent ones measured no faster (README.md) and
+        # would hang the exit: workers ignore SIGTERM, multiprocessing stops them with it at exit.
         from torch.utils.data import DataLoader
         if self.args.workers and hasattr(self.dataset, "close"):
             self.dataset.close()  # LSUN: the main process's lmdb environments
         loader = DataLoader(self.dataset, batch_sampler=[t.tolist() for t in take],
                             num_workers=self.args.workers, pin_memory=self.device.type == "cuda",
-                            worker_init_fn=ignore_signals, collate_fn=stack_images)
+                            worker_init_fn=ignore_signals, collate_fn=stack_images,
+                            generator=torch.Generator())  # not training's random stream
         for batch in loader:
             yield to_model(batch.to(self.device, non_blocking=True))
 
@@ -826,7 +837,86 @@ def load_data(args, device):
                  f"expected {layout}")
     if len(dataset) == 0:
         fail(f"{args.dataset}: no images in --dataroot {args.dataroot}")
-    return Data(args, device, len(dataset), 3, dataset=dataset)
+    if not args.cache or args.dry_run:
+        return Data(args, device, len(dataset), 3, dataset=dataset)
+    images = cached_images(args, dataset, device)                         # (N, 3, size, size)
+    return Data(args, device, len(images), 3, images=images)
+
+
+def cached_images(args, dataset, device):
+    """Folder datasets and LSUN decoded once, at the training size, into one uint8 file
+    (N, 3, size, size) that later epochs and runs memory-map instead of decoding JPEGs again. Its
+    name hashes what its pixels depend on (the files' names, sizes and times, or LSUN's databases and
+    keys; the size; the crop), so a cache of other images or another size is never used. It is
+    written under a temporary name and renamed when complete; beside the data, else in --output-dir.
+    Under torchrun, the first process of each machine writes it and the others wait for it."""
+    import hashlib
+    import json
+    import shutil
+    import numpy as np
+    size = args.image_size
+    if isinstance(dataset, LsunLmdb):
+        listing = [(path, len(keys), keys[0].decode(), keys[-1].decode())
+                   for path, keys in zip(dataset.paths, dataset.keys)]
+    else:
+        listing = []
+        for path, _ in dataset.samples:
+            info = os.stat(path)
+            listing.append((os.path.relpath(path, args.dataroot), info.st_size, info.st_mtime_ns))
+    recipe = json.dumps([1, "resize, center crop, PIL", size, listing]).encode()
+    name = f"images_{size}px_{hashlib.sha256(recipe).hexdigest()[:16]}.u8"
+    shape, need = (len(dataset), 3, size, size), len(dataset) * 3 * size * size
+    folders = [args.dataroot, args.output_dir]
+    for path in [os.path.join(folder, name) for folder in folders]:
+        if os.path.exists(path):
+            if os.path.getsize(path) != need:
+                fail(f"the image cache {path} has {os.path.getsize(path)} bytes, not {need}: "
+                     "damaged; delete it (it is made again) or pass --no-cache")
+            return torch.from_file(path, shared=False, size=need, dtype=torch.uint8).view(shape)
+    if int(os.environ.get("LOCAL_RANK", "0")) != 0:  # another process of this machine writes it
+        while not any(os.path.exists(os.path.join(f, name)) for f in folders):
+            time.sleep(1)
+        return cached_images(args, dataset, device)
+    for folder in folders:
+        there = folder if os.path.isdir(folder) else os.path.dirname(os.path.abspath(folder))
+        try:
+            free = shutil.disk_usage(there).free
+        except OSError:
+            continue
+        if os.access(there, os.W_OK) and free >= need + 2**28:
+            break
+    else:
+        fail(f"the image cache needs {need / 1e9:.2f} GB ({len(dataset)} images at {size}x{size}) "
+             f"and neither {' nor '.join(folders)} has that much free (and 256 MB to spare): "
+             "free some space, or pass --no-cache to decode the images every epoch")
+    path, start = os.path.join(folder, name), time.time()
+    print(f"{SCRIPT}: decoding {len(dataset)} images once into {path} ({need / 1e9:.2f} GB)",
+          flush=True)
+    from torch.utils.data import DataLoader
+    if args.workers and hasattr(dataset, "close"):
+        dataset.close()
+    loader = DataLoader(dataset, batch_size=256, num_workers=args.workers,
+                        worker_init_fn=ignore_signals, collate_fn=stack_images,
+                        generator=torch.Generator())  # not training's random stream
+    try:
+        os.makedirs(folder, exist_ok=True)
+        cache, done = np.memmap(path + ".tmp", np.uint8, "w+", shape=shape), 0
+        for batch in loader:
+            cache[done:done + len(batch)] = batch.numpy()
+            done += len(batch)
+            if done // 256 % 40 == 0 or done == len(dataset):
+                print(f"{SCRIPT}: cached {done}/{len(dataset)} images "
+                      f"({done / (time.time() - start):.0f} img/s)", flush=True)
+        cache.flush()
+        del cache
+        os.replace(path + ".tmp", path)
+    except OSError as e:
+        fail(f"cannot write the image cache {path} ({one_line(e)}); pass --no-cache to decode the "
+             "images every epoch")
+    finally:
+        if os.path.exists(path + ".tmp"):
+            os.remove(path + ".tmp")
+    return cached_images(args, dataset, device)
 
 
 class LsunLmdb:

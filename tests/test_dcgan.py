@@ -2,6 +2,7 @@
 formats into a temp dir, read offline by the real loaders), and the shared contract."""
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -136,6 +137,41 @@ def test_image_folders_at_128(run, tmp_path, dataset):
     root = make_image_folder(tmp_path / "i")
     code, _, err = run(dcgan.main, dry(root, "d", "--dataset", dataset, "--image-size", 128))
     assert code == 0, err
+
+
+def test_folder_images_are_decoded_once_into_a_cache_that_trains_as_decoding_does(run, tmp_path,
+                                                                                  monkeypatch):
+    root = make_image_folder(tmp_path / "i", n=16)
+    common = ["--dataset", "folder", "--dataroot", root, "--image-size", 32, "--batch-size", 8,
+              "--epochs", 2, "--ngf", 8, "--ndf", 8, "--workers", 0]
+    code, out, err = run(dcgan.main, common + ["--output-dir", "c"])
+    assert code == 0 and "decoding 16 images once" in out, err
+    cache, = [os.path.join(root, f) for f in os.listdir(root) if f.endswith(".u8")]
+    assert os.path.getsize(cache) == 16 * 3 * 32 * 32 and not os.path.exists(cache + ".tmp")
+    code, out, err = run(dcgan.main, common + ["--no-cache", "--output-dir", "n"])
+    assert code == 0 and "decoding" not in out, err
+    assert all(torch.equal(a, b) for a, b in zip(weights("c").values(), weights("n").values()))
+    code, out, err = run(dcgan.main, common + ["--workers", 1, "--output-dir", "c2"])  # reused
+    assert code == 0 and "decoding" not in out, err
+    assert all(torch.equal(a, b) for a, b in zip(weights("c").values(), weights("c2").values()))
+    # another size, or a changed file: another cache; the old one is never used for it
+    assert run(dcgan.main, common[:5] + [64] + common[6:] + ["--epochs", 1, "--output-dir", "s"])[0] == 0
+    os.utime(os.path.join(root, "images", "0000.jpg"), ns=(0, 0))
+    code, out, err = run(dcgan.main, common + ["--workers", 1, "--output-dir", "t"])
+    assert code == 0 and "decoding 16 images once" in out, err
+    assert len([f for f in os.listdir(root) if f.endswith(".u8")]) == 3
+    # a damaged cache, or no room for one: one error line, nothing written
+    damaged = [os.path.join(root, f) for f in os.listdir(root) if f.endswith(".u8")]
+    for path in damaged:
+        with open(path, "r+b") as f:
+            f.truncate(100)
+    assert "damaged" in one_line_error(run, common + ["--output-dir", "v"])
+    assert not os.path.exists("v")
+    for path in damaged:
+        os.remove(path)
+    monkeypatch.setattr("shutil.disk_usage", lambda path: shutil._ntuple_diskusage(10**12, 10**12, 0))
+    assert "--no-cache" in one_line_error(run, common + ["--output-dir", "w"])
+    assert not os.path.exists("w") and not [f for f in os.listdir(root) if f.endswith((".u8", ".tmp"))]
 
 
 # ---- the contract ----

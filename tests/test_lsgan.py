@@ -92,6 +92,10 @@ def test_mixture_scores():
     points = torch.cat([centres[:3].repeat(30, 1), torch.zeros(10, 2)])  # 3 modes, 90 of 100 points on them
     scores = lsgan.mixture_scores(points)
     assert scores["modes"] == 3 and scores["share_within_3sigma"] == pytest.approx(0.9)
+    assert scores["modes_reached"] == 3       # the 10 at the origin go to centre 0 (a tie)
+    angles = torch.linspace(0, 2 * math.pi, 801)[:-1] + math.pi / 8   # a ring: between the modes too
+    ring = lsgan.mixture_scores(torch.stack([angles.cos(), angles.sin()], 1))
+    assert ring["modes"] == 0 and ring["modes_reached"] == 8 and ring["modes_10sigma"] == 8
     near = centres[:1] + torch.tensor([[0.02, 0.0]])  # 2 sigma from a centre at sigma 0.01, 1 at 0.02
     assert lsgan.mixture_scores(near)["modes"] == 1
     assert lsgan.mixture_scores(2 * near, radius=2.0, sigma=0.02)["modes"] == 1
