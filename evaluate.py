@@ -96,7 +96,11 @@ def classifier(args):
     torch.manual_seed(SEED)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     start = time.time()
+    print(f"evaluate: no {path} yet: training the {args.dataset} classifier ({EPOCHS} epochs), "
+          "once", flush=True)
     for epoch in range(EPOCHS):
+        print(f"evaluate: classifier epoch {epoch + 1}/{EPOCHS}, {time.time() - start:.0f} s",
+              flush=True)
         order = torch.randperm(len(images))
         for i in range(0, len(images), BATCH):
             take = order[i:i + BATCH]
@@ -108,10 +112,11 @@ def classifier(args):
     predicted = predict(net, to_input(test_images))[1].argmax(1)
     accuracy = (predicted == test_labels).float().mean().item()
     print(f"evaluate: trained the {args.dataset} classifier in {time.time() - start:.0f} s, test "
-          f"accuracy {accuracy:.4f}; saved as {path}")
+          f"accuracy {accuracy:.4f}", flush=True)
     try:
         torch.save({"classifier": net.state_dict(), "test_accuracy": accuracy}, path + ".tmp")
         os.replace(path + ".tmp", path)
+        print(f"evaluate: saved it as {path}")
     except OSError as e:
         print(f"evaluate: could not save it ({e.strerror}): it is trained again next time")
     return net, accuracy
