@@ -129,6 +129,8 @@ def build_parser():
                    help="write N images from the checkpoint to <output-dir>/samples/")
     g.add_argument("--interpolate", action="store_true",
                    help="write section 6.1's latent walk from the checkpoint")
+    g.add_argument("--lerp", action="store_true", help="--interpolate on straight lines (the "
+                   "paper's) instead of great circles (slerp)")
     return p
 
 
@@ -558,7 +560,7 @@ def main(argv=None):
 
 # Options a resumed or sampling run may change; options that must match the checkpoint.
 RUN_KEYS = ("output_dir", "device", "dry_run", "resume", "generate", "epoch", "interpolate",
-            "dataroot", "workers", "cache", "amp", "channels_last", "compile", "sync_bn")
+            "lerp", "dataroot", "workers", "cache", "amp", "channels_last", "compile", "sync_bn")
 MODEL_KEYS = ("dataset", "classes", "arch", "image_size", "nz", "ngf", "ndf")
 
 
@@ -747,15 +749,28 @@ def generate(args, ckpt):
     print(f"{SCRIPT}: wrote {args.generate} images to {folder}")
 
 
+def walk(a, b, t, lerp=False):
+    """Points from a (t = 0) to b (t = 1): a straight line, or the arc of the great circle through
+    them, sin((1 - t) W) / sin W a + sin(t W) / sin W b with W the angle between a and b."""
+    if lerp:
+        return a * (1 - t) + b * t
+    cos = (F.normalize(a, dim=-1) * F.normalize(b, dim=-1)).sum(-1, keepdim=True)
+    angle = torch.acos(cos.clamp(-1, 1)).clamp_min(1e-6)
+    return (torch.sin((1 - t) * angle) * a + torch.sin(t * angle) * b) / torch.sin(angle)
+
+
 def interpolate(args, ckpt, rows=8, steps=10):
-    """Section 6.1, 'walking in the latent space': each row goes in a straight line from one random
-    z to another; smooth changes along a row (no sudden jumps) suggest G has not memorised."""
+    """Section 6.1, 'walking in the latent space': each row walks from one random z to another;
+    smooth changes along a row (no sudden jumps) suggest G has not memorised. Deviation: the walk
+    follows a great circle (slerp, White 2016, arXiv:1609.04468v3), since a straight line between
+    two Gaussian z passes through points of lower norm than G was trained on; --lerp: the paper's
+    straight line."""
     if args.dataset == "mixture8":
         fail("--interpolate walks between images; mixture8 makes points")
     G, device = load_generator(args, ckpt)
     ends = torch.randn(2, rows, args.nz, device=device)
     t = torch.linspace(0, 1, steps, device=device)[None, :, None]                # (1, steps, 1)
-    z = ends[0][:, None] * (1 - t) + ends[1][:, None] * t                        # (rows, steps, nz)
+    z = walk(ends[0][:, None], ends[1][:, None], t, args.lerp)                   # (rows, steps, nz)
     images = sample(G, z.reshape(rows * steps, args.nz))                         # row r, step s
     save_grid(images, os.path.join(args.output_dir, "interpolation.png"), nrow=steps)
     frames = images.view(rows, steps, *images.shape[1:]).transpose(0, 1)         # a frame a step

@@ -202,6 +202,18 @@ def test_interrupted_mid_epoch_and_resumed_equals_uninterrupted(run, tmp_path, m
         assert [r.split(",")[:6] for r in a] == [r.split(",")[:6] for r in b]
 
 
+def test_the_walk_is_a_great_circle_or_with_lerp_a_straight_line():
+    a, b = torch.tensor([[1.0, 0.0, 0.0]]), torch.tensor([[0.0, 2.0, 0.0]])
+    t = torch.tensor([[0.0], [0.5], [1.0]])
+    arc, line = dcgan.walk(a, b, t), dcgan.walk(a, b, t, lerp=True)
+    assert torch.allclose(arc[[0, 2]], torch.cat([a, b])) and torch.allclose(line[[0, 2]], torch.cat([a, b]))
+    # halfway, a quarter turn: sin(pi/4) / sin(pi/2) of each, by hand
+    assert torch.allclose(arc[1], torch.tensor([math.sqrt(0.5), 2 * math.sqrt(0.5), 0.0]))
+    assert torch.allclose(line[1], torch.tensor([0.5, 1.0, 0.0]))
+    same = dcgan.walk(a, a, t)  # no angle: a, not a division by zero
+    assert torch.allclose(same, a.expand(3, 3), atol=1e-5)
+
+
 def test_generate_and_interpolate(run):
     assert run(dcgan.main, ["--dataset", "fake", "--dry-run", "--output-dir", "d", "--image-size", 32])[0] == 0
     assert run(dcgan.main, ["--generate", 7, "--output-dir", "d"])[0] == 0
@@ -210,6 +222,7 @@ def test_generate_and_interpolate(run):
     assert run(dcgan.main, ["--interpolate", "--output-dir", "d"])[0] == 0
     assert iio.imread("d/interpolation.png").shape[:2] == (8 * 34 + 2, 10 * 34 + 2)
     assert len(iio.imread("d/interpolation.gif", index=None)) == 18  # there and back
+    assert run(dcgan.main, ["--interpolate", "--lerp", "--output-dir", "d"])[0] == 0
 
 
 def test_amp_and_channels_last_on_cpu(run):
