@@ -5,8 +5,8 @@
     python evaluate.py --real --dataset mnist --dataroot DIR    # the real-vs-real floor
 
 A small CNN classifier (two 3x3 convolutions, a 128-unit layer) is trained on the training split on
-first use: seeded, on the CPU, two epochs, about a minute on 2 cores; it is saved beside the data as
-<dataroot>/<MNIST|FashionMNIST>/evaluate_classifier.pt and reused. Printed:
+first use: seeded, on the CPU, two epochs, about two minutes on 2 cores; it is saved beside the
+data as <dataroot>/<MNIST|FashionMNIST>/evaluate_classifier.pt and reused. Printed:
   - classifier FID: the Frechet distance between the Gaussians fitted to the 128-d features of
     the samples and of the 10,000 test images. It is NOT the Inception FID of other papers: never
     put the two side by side. Lower is better; --real gives the floor (10,000 training images);

@@ -878,13 +878,8 @@ class Data:
             return
         # --no-cache: workers for this epoch. Persistent ones measured no faster (README.md) and
         # would hang the exit: workers ignore SIGTERM, multiprocessing stops them with it at exit.
-        from torch.utils.data import DataLoader
-        if self.args.workers and hasattr(self.dataset, "close"):
-            self.dataset.close()  # LSUN: the main process's lmdb environments
-        loader = DataLoader(self.dataset, batch_sampler=[t.tolist() for t in take],
-                            num_workers=self.args.workers, pin_memory=self.device.type == "cuda",
-                            worker_init_fn=ignore_signals, collate_fn=stack_images,
-                            generator=torch.Generator())  # not training's random stream
+        loader = decoder(self.dataset, self.args.workers, self.device,
+                         batch_sampler=[t.tolist() for t in take])
         for batch in loader:
             yield to_model(batch.to(self.device, non_blocking=True))
 
@@ -913,6 +908,16 @@ def to_model(images):
 
 def stack_images(items):
     return torch.stack([image for image, _ in items])
+
+
+def decoder(dataset, workers, device, **batching):
+    """A DataLoader of uint8 image batches, decoded by `workers` processes."""
+    from torch.utils.data import DataLoader
+    if workers and hasattr(dataset, "close"):
+        dataset.close()  # LSUN: the main process's lmdb environments
+    return DataLoader(dataset, num_workers=workers, pin_memory=device.type == "cuda",
+                      worker_init_fn=ignore_signals, collate_fn=stack_images,
+                      generator=torch.Generator(), **batching)  # not training's random stream
 
 
 def ignore_signals(worker_id):
@@ -971,15 +976,15 @@ def load_data(args, device):
         fail(f"{args.dataset}: no images in --dataroot {args.dataroot}")
     if not args.cache or args.dry_run:
         return Data(args, device, len(dataset), 3, dataset=dataset)
-    images = cached_images(args, dataset, device)                         # (N, 3, size, size)
+    images = cached_images(args, dataset)                                 # (N, 3, size, size)
     return Data(args, device, len(images), 3, images=images)
 
 
-def cached_images(args, dataset, device):
+def cached_images(args, dataset):
     """Folder datasets and LSUN decoded once, at the training size, into one uint8 file
     (N, 3, size, size) that later epochs and runs memory-map instead of decoding JPEGs again. Its
-    name hashes what its pixels depend on (the files' names, sizes and times, or LSUN's databases and
-    keys; the size; the crop), so a cache of other images or another size is never used. It is
+    name hashes what its pixels depend on (the files' names, sizes and times, or LSUN's databases
+    and keys; the size; the crop), so a cache of other images or another size is never used. It is
     written under a temporary name and renamed when complete; beside the data, else in --output-dir.
     Under torchrun, the first process of each machine writes it and the others wait for it."""
     import hashlib
@@ -999,16 +1004,22 @@ def cached_images(args, dataset, device):
     name = f"images_{size}px_{hashlib.sha256(recipe).hexdigest()[:16]}.u8"
     shape, need = (len(dataset), 3, size, size), len(dataset) * 3 * size * size
     folders = [args.dataroot, args.output_dir]
-    for path in [os.path.join(folder, name) for folder in folders]:
-        if os.path.exists(path):
-            if os.path.getsize(path) != need:
-                fail(f"the image cache {path} has {os.path.getsize(path)} bytes, not {need}: "
-                     "damaged; delete it (it is made again) or pass --no-cache")
-            return torch.from_file(path, shared=False, size=need, dtype=torch.uint8).view(shape)
-    if int(os.environ.get("LOCAL_RANK", "0")) != 0:  # another process of this machine writes it
-        while not any(os.path.exists(os.path.join(f, name)) for f in folders):
-            time.sleep(1)
-        return cached_images(args, dataset, device)
+
+    def existing():
+        for path in [os.path.join(folder, name) for folder in folders]:
+            if os.path.exists(path):
+                if os.path.getsize(path) != need:
+                    fail(f"the image cache {path} has {os.path.getsize(path)} bytes, not "
+                         f"{need}: damaged; delete it (it is made again) or pass --no-cache")
+                mapped = torch.from_file(path, shared=False, size=need, dtype=torch.uint8)
+                return mapped.view(shape)
+
+    images = existing()
+    while images is None and int(os.environ.get("LOCAL_RANK", "0")) != 0:
+        time.sleep(1)  # another process of this machine writes it
+        images = existing()
+    if images is not None:
+        return images
     for folder in folders:
         there = folder if os.path.isdir(folder) else os.path.dirname(os.path.abspath(folder))
         try:
@@ -1024,12 +1035,7 @@ def cached_images(args, dataset, device):
     path, start = os.path.join(folder, name), time.time()
     print(f"{SCRIPT}: decoding {len(dataset)} images once into {path} ({need / 1e9:.2f} GB)",
           flush=True)
-    from torch.utils.data import DataLoader
-    if args.workers and hasattr(dataset, "close"):
-        dataset.close()
-    loader = DataLoader(dataset, batch_size=256, num_workers=args.workers,
-                        worker_init_fn=ignore_signals, collate_fn=stack_images,
-                        generator=torch.Generator())  # not training's random stream
+    loader = decoder(dataset, args.workers, torch.device("cpu"), batch_size=256)
     try:
         os.makedirs(folder, exist_ok=True)
         cache, done = np.memmap(path + ".tmp", np.uint8, "w+", shape=shape), 0
@@ -1048,7 +1054,7 @@ def cached_images(args, dataset, device):
     finally:
         if os.path.exists(path + ".tmp"):
             os.remove(path + ".tmp")
-    return cached_images(args, dataset, device)
+    return existing()
 
 
 class LsunLmdb:
