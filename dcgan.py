@@ -7,26 +7,25 @@ Generative Adversarial Networks", arXiv:1511.06434v2 (2016). Implemented: sectio
 connected layer, BatchNorm except at G's output and D's input, ReLU and a Tanh output in G,
 LeakyReLU(0.2) in D); section 4's training (weights from N(0, 0.02), Adam at 2e-4 with beta1 0.5,
 batch 128, images in [-1, 1]) on the losses of Goodfellow et al. 2014 (D on logits, the
-non-saturating G); section 6.1's walk in the latent space (--interpolate). The layers are those of
-the authors' Torch code, 4x4 kernels: z -> 4x4 x 8ngf -> 8x8 x 4ngf -> 16x16 x 2ngf -> 32x32 x ngf
--> 64x64 x nc; other --image-size values add or remove one block per factor 2 (at most 8ngf).
+non-saturating G); sections 5-6 as modes on the checkpoint: D's features classified (5.1, 5.2),
+D's units by guided backpropagation (6.2), the latent walk (6.1), forgetting (6.3.1), arithmetic on
+z (6.3.2). Torch code's layers: z -> 4x4 x 8ngf -> 8x8 x 4ngf -> 16x16 x 2ngf -> 32x32 x ngf ->
+64x64 x nc, 4x4 kernels; other --image-size values add or remove a block per factor 2 (<= 8ngf).
 
 Deviations (each also stated where it happens):
   - z ~ N(0, I) and BatchNorm scales from N(1, 0.02), as in the Torch code (Theano code: U(-1, 1));
   - 8ngf = 512 channels at 4x4, as in the Torch code; the paper's Fig. 1 draws 1,024;
   - samples are drawn with BatchNorm in eval mode (running statistics): see sample();
   - the latent walk follows great circles (slerp), not the paper's straight lines (--lerp);
-  - LSUN is not de-duplicated (the paper's section 4.1.1 removes near-duplicate images).
-Data: mnist, fashion-mnist and cifar10 live in memory on the device and are resized there, a
-batch at a time; folder datasets and lsun are decoded once by DataLoader workers (resize and center
-crop in PIL) into a uint8 file at the training size, then memory-mapped (--no-cache: every epoch);
---dataset fake makes random images on the device (to time the model alone).
+  - LSUN is not de-duplicated (the paper's section 4.1.1 removes near-duplicate images);
+  - D's features come from the dataset D learned, not ImageNet-1k; arithmetic's noise rescaled.
+Data: the mnists and cifar10 live on the device; folder datasets and lsun are decoded once into a
+uint8 file at the training size (--no-cache: every epoch); --dataset fake: random images.
 
-Run:     python dcgan.py --dataset lsun --classes bedroom --dataroot DIR --epochs 5
-         python dcgan.py --dataset celeba --dataroot DIR --epochs 5   # DIR/<folder>/*.jpg
+Run:     python dcgan.py --dataset celeba --dataroot DIR --epochs 25  # DIR/<folder>/*.jpg; or lsun
 Smoke:   python dcgan.py --dataset fake --dry-run --output-dir /tmp/dcgan-smoke
-Sample:  python dcgan.py --generate 10000 --output-dir output/dcgan   # -> output/dcgan/samples/
-Walk:    python dcgan.py --interpolate --output-dir output/dcgan      # -> interpolation.png, .gif
+Sample:  python dcgan.py --generate 10000 --output-dir OUT  # OUT/samples/, their z, OUT/index.png
+Paper:   --interpolate, --classify, --visualize-d, --forget BOXES.json, --arithmetic "A - B + C"
 Several processes (one per GPU): torchrun --nproc_per_node 4 dcgan.py --dataset lsun ...
 """
 import argparse
@@ -35,6 +34,7 @@ import contextlib
 import csv
 import glob
 import gzip
+import json
 import math
 import os
 import signal
@@ -101,13 +101,25 @@ def build_parser():
     g.add_argument("--snapshot-every", type=count, default=1, metavar="K",
                    help="keep G's weights every K epochs in <output-dir>/snapshots/ (0: never)")
     g.add_argument("--epoch", type=positive_int, metavar="K",
-                   help="--generate, --interpolate: use the snapshot of epoch K")
+                   help="the modes that draw from G: use the snapshot of epoch K")
     g.add_argument("--generate", type=positive_int, metavar="N",
-                   help="write N images from the checkpoint to <output-dir>/samples/")
+                   help="write N images to <output-dir>/samples/, their z, and index.png")
     g.add_argument("--interpolate", action="store_true",
                    help="write section 6.1's latent walk from the checkpoint")
     g.add_argument("--lerp", action="store_true", help="--interpolate on straight lines (the "
                    "paper's) instead of great circles (slerp)")
+    g = p.add_argument_group("sections 5 and 6: read the checkpoint, write into --output-dir")
+    g.add_argument("--classify", action="store_true",
+                   help="5.1: a linear L2-SVM on D's features, random D's, pixels: classify.json")
+    g.add_argument("--labels", type=positive_int, default=1000,
+                   help="--classify: labelled training images, as many per class (paper: 1,000)")
+    g.add_argument("--draws", type=positive_int, default=3, help="--classify: label draws")
+    g.add_argument("--visualize-d", action="store_true",
+                   help="6.2: guided backpropagation of D's last block: d_features.png")
+    g.add_argument("--forget", metavar="BOXES.json", help='6.3.1: drop the G maps that draw what '
+                   'the boxes mark ({"<z bank index>": [[x0, y0, x1, y1], ...]}): forget.png')
+    g.add_argument("--arithmetic", metavar='"A - B + C"', help="6.3.2: arithmetic on the mean z "
+                   "of z-bank indices (each term comma-separated): arithmetic.png")
     return p
 
 
@@ -272,7 +284,8 @@ def get_options(argv):
     if len(asked) > 1:
         fail(f"{' and '.join(asked)} exclude each other")
     if args.epoch is not None and not any(getattr(args, m) for m in MODES):
-        fail(f"--epoch picks the snapshot that --{' or --'.join(MODES)} draws from")
+        fail(f"--epoch picks the snapshot that {' or '.join(f'--{m}' for m in MODES)} draws from"
+             .replace("_", "-"))
     path = os.path.join(args.output_dir, "checkpoint.pt")
     if asked:
         ckpt = load_checkpoint(path)
@@ -472,7 +485,8 @@ def main(argv=None):
 
 # Options a resumed or sampling run may change; options that must match the checkpoint.
 RUN_KEYS = ("output_dir", "device", "dry_run", "resume", "generate", "epoch", "interpolate",
-            "lerp", "dataroot", "workers", "cache", "amp", "channels_last", "compile", "sync_bn")
+            "lerp", "dataroot", "workers", "cache", "amp", "channels_last", "compile", "sync_bn",
+            "classify", "labels", "draws", "visualize_d", "forget", "arithmetic")
 MODEL_KEYS = ("dataset", "classes", "image_size", "nz", "ngf", "ndf")
 
 
@@ -623,16 +637,39 @@ def load_generator(args, ckpt):
     return G, device
 
 
-def generate(args, ckpt):
+def generate(args, ckpt, sheet=256):
+    """N images as samples/000000.png ..., their z as samples/z.pt (the z bank that --forget and
+    --arithmetic number from), and index.png: the first 256 with their numbers, to pick from."""
     G, device = load_generator(args, ckpt)
     folder = os.path.join(args.output_dir, "samples")
     os.makedirs(folder, exist_ok=True)
     for old in glob.glob(os.path.join(folder, "[0-9]*.png")):  # an earlier, maybe larger, set
         os.remove(old)
+    bank = []
     for start in range(0, args.generate, 500):
-        save_images(sample(G, torch.randn(min(500, args.generate - start), args.nz,
-                                          device=device)), folder, start)
-    print(f"{SCRIPT}: wrote {args.generate} images to {folder}")
+        bank.append(torch.randn(min(500, args.generate - start), args.nz, device=device))
+        images = sample(G, bank[-1])
+        save_images(images, folder, start)
+        if start == 0:
+            save_index_sheet(images[:sheet], os.path.join(args.output_dir, "index.png"))
+    torch.save(torch.cat(bank).cpu(), os.path.join(folder, "z.pt.tmp"))
+    os.replace(os.path.join(folder, "z.pt.tmp"), os.path.join(folder, "z.pt"))
+    print(f"{SCRIPT}: wrote {args.generate} images and their z (z.pt) to {folder}, and "
+          f"index.png (the first {min(sheet, args.generate)} with their numbers)")
+
+
+def save_index_sheet(images, path, nrow=16, strip=12):
+    """images tiled nrow a row, each with its number under it."""
+    from PIL import Image, ImageDraw
+    size = images.shape[-1]
+    cells = F.pad(images.float().cpu().expand(-1, 3, -1, -1), (0, 0, 0, strip), value=1.0)
+    picture = Image.fromarray(to_uint8(tile(cells, nrow)[None])[0])
+    draw = ImageDraw.Draw(picture)
+    for i in range(len(images)):
+        row, column = divmod(i, nrow)
+        draw.text((column * (size + 2) + 4, row * (size + strip + 2) + size + 2), str(i),
+                  fill=(0, 0, 0))
+    picture.save(path)
 
 
 def walk(a, b, t, lerp=False):
@@ -663,6 +700,322 @@ def interpolate(args, ckpt, rows=8, steps=10):
              seconds_per_frame=0.2)
     print(f"{SCRIPT}: wrote interpolation.png ({rows} walks of {steps} steps) and "
           f"interpolation.gif to {args.output_dir}")
+
+
+# ---- sections 5 and 6: what D and G learned (modes on the checkpoint, like --interpolate) ----
+
+def z_bank(args):
+    """--generate's z, (N, nz): row i drew samples/<i>.png and number i of index.png."""
+    path = os.path.join(args.output_dir, "samples", "z.pt")
+    if not os.path.isfile(path):
+        fail(f"no z bank at {path}: run --generate N first (it keeps the z of its N samples)")
+    try:
+        bank = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        bank = None
+    if not (isinstance(bank, torch.Tensor) and bank.dim() == 2 and bank.shape[1] == args.nz):
+        fail(f"{path} is not a z bank of this run's --nz {args.nz}: run --generate N again")
+    return bank
+
+
+def bank_index(text, count, where):
+    if not (str(text).strip().isdigit() and int(text) < count):
+        fail(f"{where}: {str(text).strip()!r} is not a sample of the z bank (0 to {count - 1}: "
+             "the numbers of --generate's files and index.png)")
+    return int(text)
+
+
+def linear_fit(x, loss, outputs):
+    """W (features + 1, outputs), the last row the bias, minimising loss(x W + b, |W|^2) by L-BFGS
+    from 0. With more features than rows the fit runs on A, W = x^T A (the optimum lies in the
+    rows' span, the representer theorem), through the rows' Gram matrix: the same W, cheaper."""
+    kernel = x.shape[1] > len(x)
+    basis = x @ x.T if kernel else x
+    A = torch.zeros(basis.shape[1] + 1, outputs, requires_grad=True)
+    opt = torch.optim.LBFGS([A], max_iter=500, tolerance_change=1e-7, line_search_fn="strong_wolfe")
+
+    def objective():
+        opt.zero_grad()
+        scores = basis @ A[:-1]
+        value = loss(scores + A[-1], (A[:-1] * scores if kernel else A[:-1].square()).sum())
+        value.backward()
+        return value
+    opt.step(objective)
+    return torch.cat([x.T @ A[:-1] if kernel else A[:-1], A[-1:]]).detach()
+
+
+def svm_loss(scores, norm2, labels, C):
+    """Section 5.1's L2-SVM, one-vs-rest (squared hinge, bias not penalised): 1/2 |W|^2 +
+    C sum_i sum_k max(0, 1 - t_ik s_ik)^2, t_ik = 1 for i's class and -1 for the others."""
+    t = F.one_hot(labels, scores.shape[1]) * 2.0 - 1
+    return 0.5 * norm2 + C * F.relu(1 - t * scores).square().sum()
+
+
+def logistic_loss(scores, norm2, inside):
+    """Section 6.3.1's logistic regression, L2-regularised: 1/2 |w|^2 + sum_i BCE(s_i, inside_i)."""
+    return 0.5 * norm2 + F.binary_cross_entropy_with_logits(scores[:, 0], inside, reduction="sum")
+
+
+class GuidedLeakyReLU(torch.autograd.Function):
+    """Guided backpropagation (Springenberg et al., arXiv:1412.6806v3) keeps a ReLU's gradient
+    where its input and the gradient are both positive; D's units leak: max(g, 0) * slope at x."""
+
+    @staticmethod
+    def forward(ctx, x, slope):
+        ctx.save_for_backward(x)
+        ctx.slope = slope
+        return F.leaky_relu(x, slope)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.clamp(min=0) * torch.where(ctx.saved_tensors[0] > 0, 1.0, ctx.slope), None
+
+
+def d_blocks(D, x, guided=False):
+    """Each of D's blocks' output after its LeakyReLU: (N, ndf, 32, 32) ... (N, 8ndf, 4, 4)."""
+    outputs = []
+    for layer in D.net[:-1]:
+        if isinstance(layer, nn.LeakyReLU):
+            slope = layer.negative_slope
+            x = GuidedLeakyReLU.apply(x, slope) if guided else F.leaky_relu(x, slope)
+            outputs.append(x)
+        else:
+            x = layer(x)
+    return outputs
+
+
+def two_ds(args, ckpt, nc, device):
+    """D as trained, and D as this seed initialised it (build() after the seed, as in train())."""
+    if args.epoch is not None:
+        fail("--epoch: snapshots keep G alone; D comes from checkpoint.pt")
+    D = Discriminator(args.ndf, nc, args.image_size).to(device)
+    D.load_state_dict(ckpt["D"])
+    torch.manual_seed(args.seed)
+    return {"trained D": D, "random D": build(args, nc, device)[1]}
+
+
+def real_statistics(D, batches):
+    """D in eval mode on BatchNorm statistics of real images alone (a cumulative average over
+    `batches`): an image's features depend on it only, normalised as D's real batches were in
+    training. D's running averages mix two generated batches to each real one (train_step)."""
+    for m in D.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None
+    with torch.no_grad():
+        for x in batches:
+            D.train()(x)
+    return D.eval()
+
+
+def labelled(args):
+    """(get(index) -> uint8 images, labels) of the training and the test split. folder/imagenet:
+    no test split; 20% of the images (up to 10,000), drawn by the seed, are held out instead."""
+    if args.dataset in ("mnist", "fashion-mnist"):
+        x, y, tx, ty = (load_mnist(args, f"{s}-idx{d}-ubyte") for s, d in (
+            ("train-images", 3), ("train-labels", 1), ("t10k-images", 3), ("t10k-labels", 1)))
+        return x[:, None].__getitem__, y.long(), tx[:, None].__getitem__, ty.long()
+    if args.dataset == "cifar10":
+        (x, y), (tx, ty) = load_cifar10(args), load_cifar10(args, train=False)
+        return x.__getitem__, y, tx.__getitem__, ty
+    if args.dataset not in ("folder", "imagenet"):
+        fail(f"--classify needs labels, and {args.dataset} has none here: use mnist, "
+             "fashion-mnist, cifar10, or folder/imagenet with one sub-folder per class")
+    from torch.utils.data import Subset
+    data = load_data(argparse.Namespace(**{**vars(args), "cache": False}), None).dataset
+    if len(data.classes) < 2:
+        fail(f"--classify: {args.dataroot} holds one class; it needs a sub-folder per class")
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(args.seed))
+    cut, targets = min(10_000, len(data) // 5), torch.tensor(data.targets)
+    get = lambda split: lambda i: torch.cat(list(decoder(
+        Subset(data, split[i].tolist()), args.workers, torch.device("cpu"), batch_size=256)))
+    return get(order[cut:]), targets[order[cut:]], get(order[:cut]), targets[order[:cut]]
+
+
+def classify(args, ckpt, grid=(1e-4, 1e-3, 1e-2, 1e-1, 1.0)):
+    """Sections 5.1-5.2: every D block's output max-pooled to 4x4, flattened, concatenated; a
+    linear L2-SVM on --labels training images, as many per class (the paper's SVHN protocol:
+    1,000), features standardised on them (std floored at 0.1 of its mean), C chosen from `grid`
+    on 5,000 other training images (the paper holds out 10,000); test accuracy for --draws draws
+    of the labels. Rows: trained D,
+    the same D as initialised, the pixels D sees. Deviation: the paper's D learned ImageNet-1k and
+    classified CIFAR-10 and SVHN; here D has seen the images (not the labels) it classifies."""
+    device, (get, y, test_get, test_y) = pick_device(args.device), labelled(args)
+    classes, nc = int(y.max()) + 1, channels_of(args.dataset)
+    ds = two_ds(args, ckpt, nc, device)
+    n, order = args.labels // classes, torch.randperm(len(y), generator=torch.Generator(
+        ).manual_seed(args.seed))
+    held, pool, draws = order[:min(5000, len(y) // 4)], order[min(5000, len(y) // 4):], []
+    for k in range(args.draws):
+        g = torch.Generator().manual_seed(args.seed * 1000 + k)
+        members = [pool[y[pool] == c] for c in range(classes)]
+        if n == 0 or min(map(len, members)) < n:
+            fail(f"--labels {args.labels}: {n} a class for {classes} classes, and the fewest "
+                 f"training images of a class (outside the held-out ones) is "
+                 f"{min(map(len, members))}")
+        draws.append(torch.cat([m[torch.randperm(len(m), generator=g)[:n]] for m in members]))
+
+    def features(D, get, index):
+        with torch.no_grad():
+            return torch.cat([x.flatten(1).cpu() if D is None else torch.cat([
+                F.adaptive_max_pool2d(b, 4).flatten(1) for b in d_blocks(D, x)], 1).cpu()
+                for x in images(get, index)])
+
+    def images(get, index):
+        return (resize(to_model(get(i).to(device)), args.image_size) for i in index.split(256))
+    rows = {}
+    for name, D in [*ds.items(), ("pixels", None)]:
+        if D is not None:
+            real_statistics(D, images(get, held))
+        x, held_x = features(D, get, torch.cat(draws)).split(n * classes), features(D, get, held)
+        test_x, rows[name] = features(D, test_get, torch.arange(len(test_y))), {"accuracy": []}
+        for part, draw in zip(x, draws):
+            mean, std = part.mean(0), part.std(0)  # a floor: no near-constant feature blows up
+            std = std.clamp_min(0.1 * std.mean())
+            fits = [linear_fit((part - mean) / std, lambda s, n2: svm_loss(s, n2, y[draw], C),
+                               classes) for C in grid]
+            score = lambda W, x, t: (((x - mean) / std) @ W[:-1] + W[-1]).argmax(1).eq(t).float(
+                ).mean().item()
+            best = max(fits, key=lambda W: score(W, held_x, y[held]))
+            rows[name]["accuracy"].append(score(best, test_x, test_y))
+        accuracy = rows[name]["accuracy"]
+        rows[name].update(features=x[0].shape[1], mean=sum(accuracy) / len(accuracy),
+                          spread=max(accuracy) - min(accuracy))
+    path = os.path.join(args.output_dir, "classify.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump({"dataset": args.dataset, "epoch": ckpt["epoch"], "labels": n * classes,
+                   "held_out": len(held), "test_images": len(test_y), "rows": rows}, f, indent=1)
+    os.replace(path + ".tmp", path)
+    print(f"{SCRIPT}: test accuracy of a linear L2-SVM on {n * classes} labels ({args.draws} "
+          f"draws, {len(test_y)} test images of {args.dataset}): mean (max - min) of the draws")
+    for name, row in rows.items():
+        print(f"  {name:9} {row['features']:6d} features  {100 * row['mean']:5.1f}% "
+              f"({100 * row['spread']:.1f})")
+    print(f"{SCRIPT}: wrote {path}")
+
+
+def visualize_d(args, ckpt, units=8, top=8):
+    """Section 6.2, Fig. 5: guided backpropagation of D's last block. A row per unit of the
+    `units` that respond most (mean of their strongest position) to 1,024 real images: its `top`
+    images, as the input gradients of its strongest response; trained D left, initial D right.
+    The paper shows its first 6 units; ours are the strongest, so that none is dead."""
+    device = pick_device(args.device)
+    real = load_data(args, device).real_sample(1024).to(device)
+    top, maps = min(top, len(real)), []
+    for D in two_ds(args, ckpt, channels_of(args.dataset), device).values():
+        real_statistics(D, real.split(128))
+        with torch.no_grad():
+            response = torch.cat([d_blocks(D, x)[-1].flatten(2).amax(2) for x in real.split(128)])
+        for unit in response.mean(0).topk(units).indices:                # (images, 8ndf) above
+            x = real[response[:, unit].topk(top).indices].clone().requires_grad_(True)
+            d_blocks(D, x, guided=True)[-1][:, unit].flatten(1).amax(1).sum().backward()
+            g = x.grad - x.grad.mean((1, 2, 3), keepdim=True)
+            maps.append(g / (3 * g.flatten(1).std(1)[:, None, None, None] + 1e-12))
+    rows = [torch.cat([maps[i], torch.ones_like(maps[i][:1]), maps[units + i]]) for i in
+            range(units)]
+    save_grid(torch.cat(rows), os.path.join(args.output_dir, "d_features.png"), nrow=2 * top + 1)
+    print(f"{SCRIPT}: wrote d_features.png: a row per unit, its {top} strongest images; trained D "
+          "left, D as initialised right")
+
+
+def read_boxes(path, count, size):
+    """BOXES.json: {"<z bank index>": [[x0, y0, x1, y1], ...], ...}: pixel boxes on samples."""
+    import json
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, ValueError) as e:
+        data = one_line(e)
+    ok = lambda b: (isinstance(b, list) and len(b) == 4 and all(type(v) in (int, float) for v in b)
+                    and 0 <= b[0] < b[2] <= size and 0 <= b[1] < b[3] <= size)
+    if not (isinstance(data, dict) and data and all(isinstance(v, list) and v and all(map(ok, v))
+                                                    for v in data.values())):
+        fail(f"--forget {path}: {data if isinstance(data, str) else 'not'} one JSON object mapping "
+             f"z-bank indices to lists of [x0, y0, x1, y1] boxes, 0 <= x0 < x1 <= {size}, "
+             f"0 <= y0 < y1 <= {size}")
+    return {bank_index(key, count, f"--forget {path}"): value for key, value in data.items()}
+
+
+def forget(args, ckpt, n=10):
+    """Section 6.3.1, Fig. 6: --forget BOXES.json marks an object on z-bank samples; a logistic
+    regression on G's second-highest block (16x16 at 64x64) tells its positions inside a box from
+    as many random ones outside; the maps with a positive weight are zeroed everywhere; n new z
+    drawn with them and without. The block: the paper dropped 200 maps, more than its 32x32 block
+    has (128), so its 16x16 one (256)."""
+    G, device = load_generator(args, ckpt)
+    bank = z_bank(args)
+    boxes = read_boxes(args.forget, len(bank), args.image_size)
+    block, seen = [m for m in G.net if isinstance(m, nn.ReLU)][-2], []  # (N, 2ngf, 16, 16)
+    hook = block.register_forward_hook(lambda m, i, out: seen.append(out.float().cpu()))
+    sample(G, bank[list(boxes)].to(device))
+    hook.remove()
+    side, C = seen[0].shape[-1], seen[0].shape[1]
+    centre = (torch.arange(side) + 0.5) * args.image_size / side  # of each position, in pixels
+    inside = torch.stack([sum(((centre >= y0) & (centre < y1))[:, None] & ((centre >= x0) & (
+        centre < x1))[None] for x0, y0, x1, y1 in marked).bool() for marked in boxes.values()])
+    positives, outside = inside.flatten().nonzero()[:, 0], (~inside).flatten().nonzero()[:, 0]
+    if not len(positives) or not len(outside):
+        fail(f"--forget {args.forget}: the boxes cover {'no' if not len(positives) else 'every'} "
+             f"position of G's {side}x{side} block: draw boxes over an object, not the image")
+    g = torch.Generator().manual_seed(args.seed)
+    chosen = torch.cat([positives, outside[torch.randperm(len(outside), generator=g)[
+        :len(positives)]]])
+    inside = torch.cat([torch.ones(len(positives)), torch.zeros(len(chosen) - len(positives))])
+    W = linear_fit(seen[0].permute(0, 2, 3, 1).reshape(-1, C)[chosen],
+                   lambda s, n2: logistic_loss(s, n2, inside), 1)
+    drop, z = (W[:-1, 0] > 0).nonzero()[:, 0], torch.randn(n, args.nz, generator=g).to(device)
+    keep = (W[:-1, 0] <= 0).float().to(device)[None, :, None, None]
+    with_them, hook = sample(G, z), block.register_forward_hook(lambda m, i, out: out * keep)
+    without = sample(G, z)
+    hook.remove()
+    save_grid(torch.cat([with_them, without]), os.path.join(args.output_dir, "forget.png"), n)
+    print(f"{SCRIPT}: dropped {len(drop)} of {C} maps of G's {side}x{side} block ({len(positives)}"
+          f" positions in the boxes): {drop.tolist()}\n{SCRIPT}: wrote forget.png (with, without)")
+
+
+def parse_terms(text, count):
+    """"1,2,3 - 4,5,6 + 7,8,9" -> [(1, [1, 2, 3]), (-1, [4, 5, 6]), (1, [7, 8, 9])]."""
+    import re
+    if not re.fullmatch(r"\s*[\d\s,]+(\s*[-+][\d\s,]+)*", text):
+        fail(f"--arithmetic {text!r}: expected terms of z-bank indices joined by + and -, each a "
+             "comma-separated list (its z are averaged), e.g. \"3,17,40 - 5,8,21 + 9,33,61\"")
+    parts = re.split(r"([-+])", "+" + text)[1:]
+    terms = [(1 if sign == "+" else -1, [bank_index(i, count, "--arithmetic") for i in
+                                         term.split(",")]) for sign, term in zip(parts[::2],
+                                                                                 parts[1::2])]
+    if len(terms) > 8 or max(len(indices) for _, indices in terms) > 8:
+        fail(f"--arithmetic {text!r}: at most 8 terms of 8 indices (a figure row each)")
+    return terms
+
+
+def latent_sum(bank, terms):
+    """y = sum over the terms of sign * the mean of their z: mean(A) - mean(B) + mean(C)."""
+    return sum(sign * bank[indices].mean(0) for sign, indices in terms)
+
+
+def arithmetic(args, ckpt, radius=0.25 * math.sqrt(3)):
+    """Section 6.3.2, Fig. 7: y = latent_sum() of --arithmetic's terms (the paper averages 3
+    exemplars per concept: one alone was unstable); G(y) and 8 neighbours y + U(-radius, radius).
+    Deviation: radius 0.25 sqrt 3, the paper's 0.25 on U(-1, 1) z rescaled to our N(0, 1) z. Rows:
+    each term's exemplars and, last, G(their mean z); G(y) and its neighbours; the paper's pixel
+    baseline: each term's mean image and, last, the same arithmetic on those images."""
+    G, device = load_generator(args, ckpt)
+    bank = z_bank(args)
+    terms = parse_terms(args.arithmetic, len(bank))
+    y, noise = latent_sum(bank, terms), torch.rand(8, args.nz, generator=torch.Generator(
+        ).manual_seed(args.seed))
+    picture = [*sample(G, torch.cat([y[None], y + (2 * noise - 1) * radius]).to(device)).cpu()]
+    blank, pixels = torch.ones_like(picture[0]), []
+    for _, indices in terms:
+        exemplars = sample(G, bank[indices].to(device)).cpu()
+        mean_z = sample(G, bank[indices].mean(0, keepdim=True).to(device)).cpu()[0]
+        picture[-9:-9] = [*exemplars, *[blank] * (8 - len(indices)), mean_z]
+        pixels.append(exemplars.mean(0))
+    result = sum(sign * image for (sign, _), image in zip(terms, pixels)).clamp(-1, 1)
+    picture += [*pixels, *[blank] * (8 - len(pixels)), result]
+    save_grid(torch.stack(picture), os.path.join(args.output_dir, "arithmetic.png"), nrow=9)
+    print(f"{SCRIPT}: wrote arithmetic.png: a row per term (exemplars, G(mean z)); G(y) and 8 "
+          "neighbours; pixels (each term's mean image, their arithmetic)")
 
 
 class World:
@@ -758,7 +1111,7 @@ class Data:
                 images = self.images[index.to(self.images.device)]
                 if images.device != self.device:
                     images = images.pin_memory() if self.device.type == "cuda" else images
-                yield self.resize(to_model(images.to(self.device, non_blocking=True)))
+                yield resize(to_model(images.to(self.device, non_blocking=True)), size)
             return
         # --no-cache: workers for this epoch. Persistent ones measured no faster (README.md) and
         # would hang the exit: workers ignore SIGTERM, multiprocessing stops them with it at exit.
@@ -767,22 +1120,22 @@ class Data:
         for batch in loader:
             yield to_model(batch.to(self.device, non_blocking=True))
 
-    def resize(self, images):
-        """In-memory datasets come at their size (28 or 32): resized on the device, per batch."""
-        size = self.args.image_size
-        if images.shape[-1] == size:
-            return images
-        return F.interpolate(images, size=(size, size), mode="bilinear", antialias=True,
-                             align_corners=False)
-
     def real_sample(self, n):
         if self.args.dataset == "fake":
             size, g = self.args.image_size, torch.Generator().manual_seed(0)
             return to_model(torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8,
                                           generator=g))
         if self.images is not None:
-            return self.resize(to_model(self.images[:n]))
+            return resize(to_model(self.images[:n]), self.args.image_size)
         return to_model(torch.stack([self.dataset[i][0] for i in range(min(n, self.size))]))
+
+
+def resize(images, size):
+    """In-memory datasets come at their size (28 or 32): resized on the device, per batch."""
+    if images.shape[-1] == size:
+        return images
+    return F.interpolate(images, size=(size, size), mode="bilinear", antialias=True,
+                         align_corners=False)
 
 
 def to_model(images):
@@ -817,14 +1170,7 @@ def load_data(args, device):
         images = load_mnist(args)[:, None]                                 # (N, 1, 28, 28) uint8
         return Data(args, device, len(images), 1, images=images.to(device))
     if args.dataset == "cifar10":
-        from torchvision.datasets import CIFAR10
-        try:
-            data = CIFAR10(args.dataroot, train=True, download=not os.path.isdir(
-                os.path.join(args.dataroot, "cifar-10-batches-py"))).data      # (N, 32, 32, 3)
-        except Exception as e:
-            fail(f"cannot load cifar10 from {args.dataroot}/cifar-10-batches-py ({one_line(e)}); "
-                 "put the python version of CIFAR-10 there, or let torchvision download it")
-        images = torch.from_numpy(data).permute(0, 3, 1, 2).contiguous()      # (N, 3, 32, 32)
+        images = load_cifar10(args)[0]                                        # (N, 3, 32, 32)
         return Data(args, device, len(images), 3, images=images.to(device))
     from torchvision import datasets, transforms
     size = args.image_size
@@ -1010,30 +1356,46 @@ class LsunLmdb:
         return self.transform(image), 0
 
 
-def load_mnist(args):
-    """The training images (N, 28, 28) uint8, read from the idx file (or .gz) in
-    <dataroot>/<MNIST|FashionMNIST>/raw; torchvision downloads it there when it is missing."""
+def load_mnist(args, name="train-images-idx3-ubyte"):
+    """An idx file of <dataroot>/<MNIST|FashionMNIST>/raw (or its .gz) as a uint8 tensor: images
+    (N, 28, 28), labels (N,); torchvision downloads the four files there when one is missing."""
     folder = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}[args.dataset]
-    path = os.path.join(args.dataroot, folder, "raw", "train-images-idx3-ubyte")
+    path = os.path.join(args.dataroot, folder, "raw", name)
     try:
         if not (os.path.isfile(path) or os.path.isfile(path + ".gz")):
             from torchvision import datasets
             getattr(datasets, folder)(args.dataroot, train=True, download=True)
         with open(path, "rb") if os.path.isfile(path) else gzip.open(path + ".gz") as f:
             data = f.read()
-        magic, n, h, w = struct.unpack(">4I", data[:16])  # idx: 0x0803 = 3-d uint8, then sizes
-        assert magic == 0x803 and len(data) == 16 + n * h * w, "not an idx file of images"
-        return torch.frombuffer(bytearray(data[16:]), dtype=torch.uint8).view(n, h, w)
+        ndim = data[3]  # idx: bytes 0, 0, 8 (uint8), the number of dimensions, then each size
+        shape = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
+        assert data[:3] == b"\0\0\x08" and len(data) == 4 + 4 * ndim + math.prod(shape), \
+            "not an idx file of uint8"
+        return torch.frombuffer(bytearray(data[4 + 4 * ndim:]), dtype=torch.uint8).view(shape)
     except Exception as e:
         fail(f"cannot load {args.dataset} from {os.path.dirname(path)} ({one_line(e)}); put "
-             "train-images-idx3-ubyte[.gz] there, or let torchvision download it")
+             f"{name}[.gz] there, or let torchvision download it")
+
+
+def load_cifar10(args, train=True):
+    """CIFAR-10's python version in <dataroot>/cifar-10-batches-py (downloaded when missing):
+    images (N, 3, 32, 32) uint8 and labels (N,)."""
+    from torchvision.datasets import CIFAR10
+    try:
+        data = CIFAR10(args.dataroot, train=train, download=not os.path.isdir(
+            os.path.join(args.dataroot, "cifar-10-batches-py")))
+    except Exception as e:
+        fail(f"cannot load cifar10 from {args.dataroot}/cifar-10-batches-py ({one_line(e)}); "
+             "put the python version of CIFAR-10 there, or let torchvision download it")
+    return torch.from_numpy(data.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(data.targets)
 
 
 def one_line(e):
     return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
 
 
-MODES = {"generate": generate, "interpolate": interpolate}  # run instead of train() when asked
+MODES = {"generate": generate, "interpolate": interpolate, "classify": classify,  # run instead
+         "visualize_d": visualize_d, "forget": forget, "arithmetic": arithmetic}  # of train()
 
 if __name__ == "__main__":
     main()

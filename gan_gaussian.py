@@ -224,7 +224,8 @@ def get_options(argv):
     if len(asked) > 1:
         fail(f"{' and '.join(asked)} exclude each other")
     if args.epoch is not None and not any(getattr(args, m) for m in MODES):
-        fail(f"--epoch picks the snapshot that --{' or --'.join(MODES)} draws from")
+        fail(f"--epoch picks the snapshot that {' or '.join(f'--{m}' for m in MODES)} draws from"
+             .replace("_", "-"))
     path = os.path.join(args.output_dir, "checkpoint.pt")
     if asked:
         ckpt = load_checkpoint(path)

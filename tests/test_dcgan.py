@@ -1,5 +1,6 @@
 """dcgan.py: the paper's networks and losses, every dataset format (tiny files written in the real
 formats into a temp dir, read offline by the real loaders), and the shared contract."""
+import json
 import math
 import os
 import shutil
@@ -14,6 +15,7 @@ import torch.nn as nn
 import torchvision
 
 import dcgan
+import utils
 from conftest import DdpLikeD, ROOT, make_cifar10, make_image_folder, make_lsun, make_mnist
 
 HEADER = "epoch,iteration,loss_d,loss_g,d_x,d_g_z,samples_per_s,elapsed_s"
@@ -406,3 +408,115 @@ def test_lsun_with_workers_under_the_spawn_start_method(tmp_path):
                           cwd=tmp_path, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert done.returncode == 0, done.stderr[-3000:]
     assert os.path.isfile(tmp_path / "d" / "checkpoint.pt")
+
+
+# ---- sections 5 and 6: the modes on a tiny checkpoint ----
+
+def test_svm_and_logistic_losses_by_hand():
+    scores, W = torch.tensor([[2.0, 0.5, -1.0], [0.0, -2.0, 3.0]]), torch.tensor([[1.0, -1.0, 2.0]])
+    # sample 0 is class 0: margins 1-2<0, 1+0.5, 1-1<=0 -> 1.5^2; sample 1 is class 2: 1+0, 1-2<0, 1-3<0 -> 1
+    assert dcgan.svm_loss(scores, W.square().sum(), torch.tensor([0, 2]), C=0.5).item() == pytest.approx(0.5 * 6 + 0.5 * (2.25 + 1))
+    s = torch.tensor([[0.0], [2.0]])  # BCE(0, 1) = log 2; BCE(2, 0) = log(1 + e^2)
+    expected = 0.5 * 6 + math.log(2) + math.log(1 + math.exp(2))
+    assert dcgan.logistic_loss(s, W.square().sum(), torch.tensor([1.0, 0.0])).item() == pytest.approx(expected)
+
+
+def test_the_linear_fits_find_the_same_w_through_the_gram_matrix():
+    """More features than rows: the fit runs on x x^T; its W must be the one the direct fit finds."""
+    torch.manual_seed(0)
+    x, labels = torch.randn(12, 30), torch.arange(12) % 3
+    wide = dcgan.linear_fit(x, lambda s, n2: dcgan.svm_loss(s, n2, labels, 0.1), 3)
+    direct = dcgan.linear_fit(torch.cat([x, x, x]), lambda s, n2: dcgan.svm_loss(s, n2, labels.repeat(3), 0.1 / 3),
+                              3)  # the same objective on 36 rows: fitted directly
+    assert torch.allclose(wide, direct, atol=1e-3)  # both to L-BFGS tolerance
+
+
+def test_guided_backprop_by_hand():
+    """y = w2 . leaky(W1 x): guided, the gradient reaching x is W1^T (max(w2, 0) * slope(W1 x))."""
+    W1, w2 = torch.tensor([[1.0, 2.0], [-1.0, 1.0], [3.0, -1.0]]), torch.tensor([-2.0, 4.0, 5.0])
+    x = torch.tensor([1.0, -1.0], requires_grad=True)       # W1 x = [-1, -2, 4]: slopes 0.2, 0.2, 1
+    (w2 * dcgan.GuidedLeakyReLU.apply(W1 @ x, 0.2)).sum().backward()
+    upstream = torch.tensor([0.0, 4.0 * 0.2, 5.0 * 1])      # w2's -2 is cut; 4 and 5 pass, times the slope
+    assert torch.allclose(x.grad, W1.T @ upstream)
+    assert torch.allclose(x.grad, torch.tensor([-0.8 + 15, 0.8 - 5]))
+
+
+def test_z_arithmetic_and_its_terms():
+    bank = torch.arange(30.0).view(10, 3)
+    terms = dcgan.parse_terms("1,2,3 - 4,5 + 9", 10)
+    assert terms == [(1, [1, 2, 3]), (-1, [4, 5]), (1, [9])]
+    expected = bank[[1, 2, 3]].mean(0) - bank[[4, 5]].mean(0) + bank[9]  # [6, 7, 8] - [13.5, ...] + [27, ...]
+    assert torch.equal(dcgan.latent_sum(bank, terms), expected)
+    assert torch.equal(expected, torch.tensor([19.5, 20.5, 21.5]))
+
+
+@pytest.fixture
+def tiny_run(run, tmp_path):
+    data = make_mnist(tmp_path / "data", n=200)
+    assert run(dcgan.main, ["--dataset", "mnist", "--dataroot", data, "--image-size", 32, "--ngf", 8, "--ndf", 8,
+                            "--batch-size", 16, "--epochs", 1, "--output-dir", "d"])[0] == 0
+    code, out, err = run(dcgan.main, ["--generate", 20, "--output-dir", "d"])
+    assert code == 0, err
+    return data
+
+
+def test_generate_keeps_its_z_and_an_index_sheet(run, tiny_run):
+    bank = torch.load("d/samples/z.pt", weights_only=True)
+    assert bank.shape == (20, 100)
+    G, _ = dcgan.load_generator(dcgan.get_options(["--generate", "1", "--output-dir", "d"])[0],
+                                torch.load("d/checkpoint.pt", weights_only=True))
+    again = utils.to_uint8(dcgan.sample(G, bank[7:8]))[0]
+    assert (iio.imread("d/samples/000007.png") == again[..., 0]).all()  # row 7 drew sample 7
+    assert iio.imread("d/index.png").shape == (2 * (32 + 12 + 2) + 2, 16 * 34 + 2, 3)  # 20: 2 rows of 16, numbered
+
+
+def test_classify_writes_three_rows(run, tiny_run):
+    code, out, err = run(dcgan.main, ["--classify", "--labels", 20, "--draws", 2, "--output-dir", "d",
+                                      "--dataroot", tiny_run])
+    assert code == 0, err
+    report = json.load(open("d/classify.json"))
+    assert list(report["rows"]) == ["trained D", "random D", "pixels"] and report["labels"] == 20
+    # every block max-pooled to 4x4: (8 + 16 + 32) channels x 16 at 32x32; pixels: 32 x 32
+    assert [row["features"] for row in report["rows"].values()] == [56 * 16, 56 * 16, 1024]
+    assert all(len(row["accuracy"]) == 2 and 0 <= row["mean"] <= 1 for row in report["rows"].values())
+    assert "trained D" in out and "pixels" in out
+
+
+def test_visualize_forget_and_arithmetic_pictures(run, tiny_run):
+    assert run(dcgan.main, ["--visualize-d", "--output-dir", "d", "--dataroot", tiny_run])[0] == 0
+    assert iio.imread("d/d_features.png").shape[:2] == (8 * 34 + 2, 17 * 34 + 2)  # 8 units x (8 | 8)
+    with open("boxes.json", "w") as f:
+        json.dump({"3": [[4, 4, 20, 20]], "7": [[0, 0, 16, 32], [20, 20, 32, 32]]}, f)
+    code, out, err = run(dcgan.main, ["--forget", "boxes.json", "--output-dir", "d"])
+    assert code == 0, err
+    assert iio.imread("d/forget.png").shape[:2] == (2 * 34 + 2, 10 * 34 + 2) and "maps of G's 8x8 block" in out
+    code, out, err = run(dcgan.main, ["--arithmetic", "1,2,3 - 4,5 + 6", "--output-dir", "d", "--epoch", 1])
+    assert code == 0, err
+    assert iio.imread("d/arithmetic.png").shape[:2] == (5 * 34 + 2, 9 * 34 + 2)  # 3 terms, result, pixels
+
+
+@pytest.mark.parametrize("argv,expect", [
+    (["--arithmetic", "1,2 - 99"], "'99' is not a sample of the z bank"),
+    (["--arithmetic", "1 * 2"], "expected terms"),
+    (["--forget", "missing.json"], "--forget missing.json"),
+    (["--forget", "bad.json"], "lists of [x0, y0, x1, y1] boxes"),
+    (["--forget", "outside.json"], "lists of [x0, y0, x1, y1] boxes"),
+    (["--forget", "everywhere.json"], "cover every position"),
+    (["--classify", "--labels", 5], "--labels 5"),
+    (["--classify", "--epoch", 1], "snapshots keep G alone"),
+])
+def test_bad_input_to_the_modes_is_one_line_and_writes_nothing(run, tiny_run, argv, expect):
+    for name, text in [("bad.json", "{\"3\": [[1, 2, 3]]}"), ("outside.json", "{\"3\": [[0, 0, 40, 8]]}"),
+                       ("everywhere.json", "{\"3\": [[0, 0, 32, 32]]}")]:
+        with open(name, "w") as f:
+            f.write(text)
+    before = sorted(os.listdir("d"))
+    assert expect in one_line_error(run, argv + ["--output-dir", "d", "--dataroot", tiny_run])
+    assert sorted(os.listdir("d")) == before
+
+
+def test_modes_without_what_they_need(run, tmp_path):
+    assert "no checkpoint" in one_line_error(run, ["--visualize-d", "--output-dir", "none"])
+    assert run(dcgan.main, ["--dataset", "fake", "--dry-run", "--output-dir", "d", "--image-size", 32])[0] == 0
+    assert "needs labels" in one_line_error(run, ["--classify", "--output-dir", "d"])
+    assert "run --generate N first" in one_line_error(run, ["--arithmetic", "1 - 2", "--output-dir", "d"])
