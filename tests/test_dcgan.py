@@ -219,7 +219,7 @@ def test_the_walk_is_a_great_circle_or_with_lerp_a_straight_line():
 def test_generate_and_interpolate(run):
     assert run(dcgan.main, ["--dataset", "fake", "--dry-run", "--output-dir", "d", "--image-size", 32])[0] == 0
     assert run(dcgan.main, ["--generate", 7, "--output-dir", "d"])[0] == 0
-    assert sorted(os.listdir("d/samples")) == [f"{i:06d}.png" for i in range(7)]
+    assert sorted(os.listdir("d/samples")) == [f"{i:06d}.png" for i in range(7)] + ["z.pt"]
     assert iio.imread("d/samples/000006.png").shape == (32, 32, 3)
     assert run(dcgan.main, ["--interpolate", "--output-dir", "d"])[0] == 0
     assert iio.imread("d/interpolation.png").shape[:2] == (8 * 34 + 2, 10 * 34 + 2)
