@@ -520,3 +520,16 @@ def test_modes_without_what_they_need(run, tmp_path):
     assert run(dcgan.main, ["--dataset", "fake", "--dry-run", "--output-dir", "d", "--image-size", 32])[0] == 0
     assert "needs labels" in one_line_error(run, ["--classify", "--output-dir", "d"])
     assert "run --generate N first" in one_line_error(run, ["--arithmetic", "1 - 2", "--output-dir", "d"])
+
+
+def test_classify_a_folder_of_classes_and_refuse_one_class(run, tmp_path):
+    data = make_image_folder(make_image_folder(tmp_path / "data", "cats", n=30, seed=1), "dogs", n=30, seed=2)
+    base = ["--dataroot", data, "--image-size", 32, "--ngf", 8, "--ndf", 8, "--workers", 0]
+    assert run(dcgan.main, ["--dataset", "folder", "--batch-size", 8, "--epochs", 1, "--output-dir", "d"] + base)[0] == 0
+    code, out, err = run(dcgan.main, ["--classify", "--labels", 10, "--draws", 1, "--output-dir", "d"] + base[:2])
+    assert code == 0, err
+    assert json.load(open("d/classify.json"))["test_images"] == 12  # 20% of 60 held out as the test split
+    one = make_image_folder(tmp_path / "one", "cats", n=30)
+    assert run(dcgan.main, ["--dataset", "folder", "--batch-size", 8, "--epochs", 1, "--output-dir", "e",
+                            "--dataroot", one] + base[2:])[0] == 0
+    assert "holds one class" in one_line_error(run, ["--classify", "--output-dir", "e", "--dataroot", one])
