@@ -808,6 +808,11 @@ def real_statistics(D, batches):
     return D.eval()
 
 
+def uncached(args):
+    """The options with --no-cache: the modes read some images, not worth caching a dataset for."""
+    return argparse.Namespace(**{**vars(args), "cache": False})
+
+
 def labelled(args):
     """(get(index) -> uint8 images, labels) of the training and the test split. folder/imagenet:
     no test split; 20% of the images (up to 10,000), drawn by the seed, are held out instead."""
@@ -822,7 +827,7 @@ def labelled(args):
         fail(f"--classify needs labels, and {args.dataset} has none here: use mnist, "
              "fashion-mnist, cifar10, or folder/imagenet with one sub-folder per class")
     from torch.utils.data import Subset
-    data = load_data(argparse.Namespace(**{**vars(args), "cache": False}), None).dataset
+    data = load_data(uncached(args), None).dataset
     if len(data.classes) < 2:
         fail(f"--classify: {args.dataroot} holds one class; it needs a sub-folder per class")
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(args.seed))
@@ -855,14 +860,14 @@ def classify(args, ckpt, grid=(1e-4, 1e-3, 1e-2, 1e-1, 1.0)):
                  f"{min(map(len, members))}")
         draws.append(torch.cat([m[torch.randperm(len(m), generator=g)[:n]] for m in members]))
 
+    def images(get, index):
+        return (resize(to_model(get(i).to(device)), args.image_size) for i in index.split(256))
+
     def features(D, get, index):
         with torch.no_grad():
             return torch.cat([x.flatten(1).cpu() if D is None else torch.cat([
                 F.adaptive_max_pool2d(b, 4).flatten(1) for b in d_blocks(D, x)], 1).cpu()
                 for x in images(get, index)])
-
-    def images(get, index):
-        return (resize(to_model(get(i).to(device)), args.image_size) for i in index.split(256))
     rows = {}
     for name, D in [*ds.items(), ("pixels", None)]:
         if D is not None:
@@ -900,7 +905,7 @@ def visualize_d(args, ckpt, units=8, top=8):
     images, as the input gradients of its strongest response; trained D left, initial D right.
     The paper shows its first 6 units; ours are the strongest, so that none is dead."""
     device = pick_device(args.device)
-    real = load_data(args, device).real_sample(1024).to(device)
+    real = load_data(uncached(args), device).real_sample(1024).to(device)
     top, maps = min(top, len(real)), []
     for D in two_ds(args, ckpt, channels_of(args.dataset), device).values():
         real_statistics(D, real.split(128))
