@@ -652,8 +652,9 @@ def generate(args, ckpt, sheet=256):
         save_images(images, folder, start)
         if start == 0:
             save_index_sheet(images[:sheet], os.path.join(args.output_dir, "index.png"))
-    torch.save(torch.cat(bank).cpu(), os.path.join(folder, "z.pt.tmp"))
-    os.replace(os.path.join(folder, "z.pt.tmp"), os.path.join(folder, "z.pt"))
+    path = os.path.join(folder, "z.pt")
+    torch.save(torch.cat(bank).cpu(), path + ".tmp")
+    os.replace(path + ".tmp", path)
     print(f"{SCRIPT}: wrote {args.generate} images and their z (z.pt) to {folder}, and "
           f"index.png (the first {min(sheet, args.generate)} with their numbers)")
 
@@ -802,9 +803,10 @@ def real_statistics(D, batches):
         if isinstance(m, nn.BatchNorm2d):
             m.reset_running_stats()
             m.momentum = None
+    D.train()
     with torch.no_grad():
         for x in batches:
-            D.train()(x)
+            D(x)
     return D.eval()
 
 
