@@ -409,6 +409,10 @@ def restore(ckpt, **parts):
     scripts draw from; older checkpoints also hold Python's and NumPy's, which are ignored)."""
     for name, part in parts.items():
         part.load_state_dict(ckpt[name])
+        for param, state in getattr(part, "state", {}).items():  # an optimizer: its state takes
+            for key, value in state.items():  # the layout the parameter has now (channels-last)
+                if value.shape == param.shape:
+                    state[key] = torch.empty_like(param).copy_(value)
     torch.set_rng_state(ckpt["rng"]["torch"])
     cuda = ckpt["rng"]["cuda"]  # older checkpoints: a list, one per GPU
     if len(cuda) and torch.cuda.is_available():
