@@ -18,9 +18,7 @@ DCGAN samples need) or a .npy of images, uint8 in 0..255 or floats in [-1, 1]. A
 samples (the 128-d covariance needs many more than 128); README figures use 10,000.
 """
 import argparse
-import gzip
 import os
-import struct
 import sys
 import time
 
@@ -52,27 +50,17 @@ def fail(message):
     sys.exit(2)
 
 
-def read_idx(path):
-    """An idx file (or its .gz) of uint8: images (N, 28, 28) or labels (N,)."""
-    if not os.path.isfile(path) and os.path.isfile(path + ".gz"):
-        path += ".gz"
-    with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
-        data = f.read()
-    dims = data[3]
-    shape = struct.unpack(f">{dims}I", data[4:4 + 4 * dims])
-    return torch.frombuffer(bytearray(data[4 + 4 * dims:]), dtype=torch.uint8).view(*shape)
-
-
 def load_split(args, split):
-    raw = os.path.join(args.dataroot, FOLDERS[args.dataset], "raw")
+    """uint8 images (N, 28, 28) and labels of the train or test split, through torchvision (which
+    downloads the dataset into --dataroot when it is missing)."""
+    from torchvision import datasets
     try:
-        images = os.path.join(raw, f"{split}-images-idx3-ubyte")
-        if not (os.path.isfile(images) or os.path.isfile(images + ".gz")):
-            from torchvision import datasets
-            getattr(datasets, FOLDERS[args.dataset])(args.dataroot, train=True, download=True)
-        return read_idx(images), read_idx(os.path.join(raw, f"{split}-labels-idx1-ubyte")).long()
+        data = getattr(datasets, FOLDERS[args.dataset])(args.dataroot, train=split == "train",
+                                                        download=True)
     except Exception as e:
-        fail(f"cannot load {args.dataset} {split} from {raw} ({type(e).__name__}: {e})")
+        fail(f"cannot load {args.dataset} into or from --dataroot {args.dataroot} "
+             f"({type(e).__name__}: {(str(e).splitlines() or [''])[0]})")
+    return data.data, data.targets
 
 
 def to_input(images):
@@ -92,7 +80,7 @@ def classifier(args):
         except Exception:
             fail(f"cannot read {path}: damaged? Delete it and it is trained again")
     images, labels = load_split(args, "train")
-    test_images, test_labels = load_split(args, "t10k")
+    test_images, test_labels = load_split(args, "test")
     torch.manual_seed(SEED)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     start = time.time()
@@ -203,7 +191,7 @@ def main(argv=None):
         fail("give SAMPLES or --real, not both or neither")
     samples = None if args.real else load_samples(args.samples)  # bad input fails before training
     net, accuracy = classifier(args)
-    test_images, _ = load_split(args, "t10k")
+    test_images, _ = load_split(args, "test")
     reference, _ = predict(net, to_input(test_images))
     if args.real:
         images, _ = load_split(args, "train")

@@ -16,17 +16,17 @@ Deviations from the tutorial (each also stated where it happens; README.md has t
   - two hidden layers of 32 ELU units in G and D (the tutorial: 5 tanh units in G, 10 sigmoid
     units in D) and D returns a logit.
 
-Run:     python gan_gaussian.py                      # D sees 4 moments; ~9 s on 2 CPU cores
-         python gan_gaussian.py --preprocess raw     # D sees samples; learns the shape; ~13 s
+Run:     python gan_gaussian.py                      # D sees 4 moments; ~8 s on 2 CPU cores
+         python gan_gaussian.py --preprocess raw     # D sees samples; learns the shape; ~12 s
 Smoke:   python gan_gaussian.py --dry-run --output-dir /tmp/gauss-smoke
 Sample:  python gan_gaussian.py --generate 10000     # -> output/gan_gaussian/samples.npy
+A ten-second toy: no resume, no signals, no snapshots; one checkpoint at the end, for --generate.
 """
 import argparse
 import contextlib
 import csv
 import math
 import os
-import signal
 import sys
 import time
 import warnings
@@ -41,41 +41,34 @@ from utils import plot_log, save_gif
 SCRIPT = "gan_gaussian"
 
 
-def build_parser():
-    p = Parser("GAN in 50 lines, done right: G learns a 1-D Gaussian.")
+def build_parser(p):
     g = p.add_argument_group("data")
     g.add_argument("--mean", type=float, default=4.0, help="mean of the target (tutorial: 4)")
-    g.add_argument("--std", type=positive_float, default=1.25, help="its std (tutorial: 1.25)")
+    g.add_argument("--std", type=number(float, 1e-6), default=1.25, help="its std (tutorial: 1.25)")
     g = p.add_argument_group("model")
     g.add_argument("--preprocess", choices=["moments", "raw"], default="moments",
                    help="what D sees of a batch: its 4 moments (tutorial) or every sample")
-    g.add_argument("--nz", "--noise-size", type=positive_int, default=4,
+    g.add_argument("--nz", type=number(int, 1), default=4,
                    help="uniform numbers per z (tutorial: 1)")
-    g.add_argument("--hidden-size", type=positive_int, default=32, help="G's and D's hidden width")
+    g.add_argument("--hidden-size", type=number(int, 1), default=32,
+                   help="G's and D's hidden width")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=positive_int, help="epochs of d-steps + g-steps "
+    g.add_argument("--epochs", type=number(int, 1), help="epochs of d-steps + g-steps "
                    "[default: 1000 with moments, 2000 with raw; tutorial: 5000]")
-    g.add_argument("--batch-size", type=positive_int, default=500, help="samples per batch")
-    g.add_argument("--d-steps", type=positive_int, default=1, help="D-steps per epoch: k")
-    g.add_argument("--g-steps", type=positive_int, default=1, help="G-steps per epoch")
-    g.add_argument("--lr", "--g-lr", type=positive_float, default=2e-3,
+    g.add_argument("--batch-size", type=number(int, 1), default=500, help="samples per batch")
+    g.add_argument("--d-steps", type=number(int, 1), default=1, help="D-steps per epoch: k")
+    g.add_argument("--g-steps", type=number(int, 1), default=1, help="G-steps per epoch")
+    g.add_argument("--lr", type=number(float, 0), default=2e-3,
                    help="Adam's rate at the start, for G and D")
-    g.add_argument("--lr-d", "--d-lr", type=positive_float, help="D's, where it differs")
-    g.add_argument("--r1", type=non_negative_float, default=1.0, help="R1 weight gamma (0: off)")
+    g.add_argument("--lr-d", type=number(float, 0), help="D's, where it differs")
+    g.add_argument("--r1", type=number(float, 0), default=1.0, help="R1 weight gamma (0: off)")
     g = p.add_argument_group("run")
     g.add_argument("--output-dir", default=os.path.join("output", SCRIPT))
-    g.add_argument("--seed", type=int, default=1, help="seeds torch")
-    g.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
-                   help="auto: cuda, then mps, then cpu")
-    g.add_argument("--log-every", type=positive_int, default=100,
-                   help="epochs between log lines and checkpoints")
+    g.add_argument("--seed", type=int, default=1, help="seeds torch (runs on the CPU, the "
+                   "fastest place for batches of 500 numbers)")
+    g.add_argument("--log-every", type=number(int, 1), default=100, help="epochs a log line")
     g.add_argument("--dry-run", action="store_true", help="2 epochs, writing every output")
-    g.add_argument("--resume", action="store_true", help="continue <output-dir>/checkpoint.pt")
-    g.add_argument("--snapshot-every", type=count, default=0, metavar="K",
-                   help="keep G's weights every K epochs in <output-dir>/snapshots/ (0: never)")
-    g.add_argument("--epoch", type=positive_int, metavar="K",
-                   help="--generate: from the snapshot of epoch K, not the checkpoint")
-    g.add_argument("--generate", type=positive_int, metavar="N",
+    g.add_argument("--generate", type=number(int, 1), metavar="N",
                    help="write N samples from the checkpoint to <output-dir>/samples.npy")
     return p
 
@@ -172,172 +165,9 @@ def train_step(G, D, opt_G, opt_D, batches, g_noise, how="moments", r1=1.0):
     return torch.stack([loss_d, loss_g, d_x, d_g_z]).detach(), fake.detach()
 
 
-# ---- run plumbing: the same in every script ----
-# Options, checkpoints, the log line, signals, errors. tests/test_plumbing.py fails when this block
-# differs between the scripts: change it in one, copy it to the others.
-
-def fail(message, status=2):
-    """One line on stderr, then exit: 2 bad input, 1 a diverged run, 130 a second stop signal."""
-    print(f"error: {message}", file=sys.stderr, flush=True)
-    raise SystemExit(status)
-
-
-class Parser(argparse.ArgumentParser):
-    """No abbreviations (a mistyped option is an error, not another option); errors in one line."""
-
-    def __init__(self, description):
-        super().__init__(description=description, allow_abbrev=False,
-                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-
-    def error(self, message):
-        fail(message)
-
-
-def checked(cast, ok, expected):
-    """An argparse type: the text as a number for which ok() holds."""
-    def parse(text):
-        try:
-            value = cast(text)
-        except ValueError:
-            value = math.nan
-        if not ok(value):
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
-        return value
-    return parse
-
-
-positive_int = checked(int, lambda v: v > 0, "a positive integer")
-count = checked(int, lambda v: v >= 0, "an integer >= 0")
-positive_float = checked(float, lambda v: 0 < v < math.inf, "a number > 0")
-non_negative_float = checked(float, lambda v: 0 <= v < math.inf, "a finite number >= 0")
-probability = checked(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
-RENAMED = {"noise_size": "nz", "g_lr": "lr", "d_lr": "lr_d", "learning_rate": "lr",
-           "learning_rate_d": "lr_d"}  # older checkpoints' names of options
-
-
-def get_options(argv):
-    """Parse argv. --resume and the MODES load the checkpoint: options the command line leaves out
-    take its values, and those that shape the networks (MODEL_KEYS) must match it."""
-    parser = build_parser()
-    args, ckpt = parser.parse_args(argv), None
-    asked = [f"--{m.replace('_', '-')}" for m in ("resume", *MODES) if getattr(args, m)]
-    if len(asked) > 1:
-        fail(f"{' and '.join(asked)} exclude each other")
-    if args.epoch is not None and not any(getattr(args, m) for m in MODES):
-        fail(f"--epoch picks the snapshot that {' or '.join(f'--{m}' for m in MODES)} draws from"
-             .replace("_", "-"))
-    path = os.path.join(args.output_dir, "checkpoint.pt")
-    if asked:
-        ckpt = load_checkpoint(path)
-        saved = {RENAMED.get(k, k): v for k, v in ckpt["args"].items()}
-        args = parser.parse_args(argv, argparse.Namespace(
-            **{k: v for k, v in saved.items() if k not in RUN_KEYS}))
-        for key in MODEL_KEYS:
-            if getattr(args, key) != saved.get(key):
-                fail(f"{path} was trained with --{key.replace('_', '-')} {saved.get(key)}, "
-                     f"not {getattr(args, key)}")
-    elif os.path.exists(path):
-        fail(f"{path} exists: continue that run with --resume, or choose another --output-dir")
-    return settle(args), ckpt
-
-
-def load_checkpoint(path):
-    if not os.path.isfile(path):
-        fail(f"no checkpoint at {path}: train first, or point --output-dir at the run")
-    try:
-        with warnings.catch_warnings():  # torch warns before some refusals: the error says it all
-            warnings.simplefilter("ignore")
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)  # never runs its code
-    except Exception:
-        fail(f"cannot read {path}: damaged, or not a checkpoint of these scripts (it is loaded "
-             "with weights_only=True: tensors and plain data only)")
-    if not isinstance(ckpt, dict) or "args" not in ckpt:
-        fail(f"{path} is not a checkpoint of these scripts")
-    if ckpt.get("script") != SCRIPT:
-        fail(f"{path} is a checkpoint of {ckpt.get('script')}.py, not {SCRIPT}.py")
-    return ckpt
-
-
-def save_checkpoint(args, state):
-    """state, the options and torch's generators, written to a temporary file and renamed into
-    place: a crash mid-write never leaves a broken checkpoint."""
-    path = os.path.join(args.output_dir, "checkpoint.pt")
-    cuda = torch.cuda.get_rng_state() if torch.cuda.is_available() else []  # this process's GPU
-    torch.save({"script": SCRIPT, "torch_version": str(torch.__version__), "args": vars(args),
-                "rng": {"torch": torch.get_rng_state(), "cuda": cuda}, **state}, path + ".tmp")
-    os.replace(path + ".tmp", path)
-
-
-def restore(ckpt, **parts):
-    """Load each module or optimizer from ckpt[name], then torch's generators (the only ones the
-    scripts draw from; older checkpoints also hold Python's and NumPy's, which are ignored)."""
-    for name, part in parts.items():
-        part.load_state_dict(ckpt[name])
-        for param, state in getattr(part, "state", {}).items():  # an optimizer: its state takes
-            for key, value in state.items():  # the layout the parameter has now (channels-last)
-                if value.shape == param.shape:
-                    state[key] = torch.empty_like(param).copy_(value)
-    torch.set_rng_state(ckpt["rng"]["torch"])
-    cuda = ckpt["rng"]["cuda"]  # older checkpoints: a list, one per GPU
-    if len(cuda) and torch.cuda.is_available():
-        torch.cuda.set_rng_state(cuda[0] if isinstance(cuda, list) else cuda)
-
-
-def save_snapshot(args, epoch, **weights):
-    """Every --snapshot-every epochs, G's weights (and the average's, where there is one) in
-    <output-dir>/snapshots/epoch_NNN.pt: small, weights only, for --epoch K; not a resume point."""
-    if not args.snapshot_every or epoch % args.snapshot_every:
-        return
-    folder = os.path.join(args.output_dir, "snapshots")
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, f"epoch_{epoch:03d}.pt")
-    torch.save({"script": SCRIPT, "epoch": epoch, **weights}, path + ".tmp")
-    os.replace(path + ".tmp", path)
-
-
-def chosen_weights(args, ckpt):
-    """What the sampling modes load: the checkpoint's weights, or with --epoch K epoch K's."""
-    if args.epoch is None:
-        return ckpt
-    folder = os.path.join(args.output_dir, "snapshots")
-    path = os.path.join(folder, f"epoch_{args.epoch:03d}.pt")
-    if not os.path.isfile(path):
-        names = os.listdir(folder) if os.path.isdir(folder) else []
-        kept = sorted(int(n[6:-3]) for n in names if n[6:-3].isdigit() and n.endswith(".pt"))
-        fail(f"no snapshot of epoch {args.epoch} in {folder} (kept: "
-             f"{', '.join(map(str, kept)) or 'none'}; --snapshot-every sets how often)")
-    try:
-        snapshot = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        fail(f"cannot read {path}: damaged, or not a snapshot of these scripts")
-    if not isinstance(snapshot, dict) or snapshot.get("script") != SCRIPT:
-        fail(f"{path} is not a snapshot of {SCRIPT}.py")
-    return snapshot
-
-
-def make_output_dir(path):
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as e:
-        fail(f"cannot create --output-dir {path}: {e.strerror}")
-    if not os.access(path, os.W_OK):
-        fail(f"cannot write to --output-dir {path}")
-    return path
-
-
-def pick_device(name):
-    ok = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
-    name = next(d for d in ("cuda", "mps", "cpu") if ok[d]) if name == "auto" else name
-    if not ok[name]:
-        fail(f"--device {name}: not available on this machine")
-    return torch.device(name)
-
-
 @contextlib.contextmanager
 def frozen(D):
-    """D's weights need no gradients while G learns through D (their computation is skipped).
-    Under DDP, D's local module: nothing of D is reduced in that phase."""
-    D = getattr(D, "module", D)
+    """D's weights need no gradients while G learns through D (their computation is skipped)."""
     D.requires_grad_(False)
     try:
         yield D
@@ -345,168 +175,94 @@ def frozen(D):
         D.requires_grad_(True)
 
 
-class Progress:
-    """The log line. add() sums each step's (loss_D, loss_G, D(x), D(G(z))) on the device; line()
-    reads their means (the loop's one host read: it waits for the device), stops on a NaN, prints,
-    and writes a CSV row (path None: no file). Resumed, rows past `iteration` are dropped."""
+# ---- the run: options, the loop, pictures, samples ----
 
-    def __init__(self, path, total, iteration, elapsed, resumed, unit="img", columns=(),
-                 say=print, reduce=lambda sums: sums):
-        self.total, self.before, self.elapsed, self.unit = total, elapsed, elapsed, unit
-        self.say = say
-        self.reduce, self.sums, self.steps, self.samples, self.path = reduce, 0, 0, 0, path
-        self.start = self.tick = time.perf_counter()
-        if path:
-            rows = []
-            if resumed and os.path.exists(path):
-                with open(path, newline="") as f:
-                    rows = [r for r in list(csv.reader(f))[1:] if r and int(r[1]) <= iteration]
-            header = ["epoch", "iteration", "loss_d", "loss_g", "d_x", "d_g_z", "samples_per_s",
-                      "elapsed_s", *columns]
-            with open(path, "w", newline="") as f:
-                csv.writer(f).writerows([header] + rows)
-
-    def add(self, stats, samples):
-        self.sums, self.steps = self.sums + stats, self.steps + 1
-        self.samples += samples
-
-    def line(self, epoch, iteration, where, extra=(), note=""):
-        now = time.perf_counter()
-        self.elapsed = self.before + now - self.start
-        loss_d, loss_g, d_x, d_g_z = (self.reduce(self.sums) / self.steps).tolist()  # host read
-        if not (math.isfinite(loss_d) and math.isfinite(loss_g)):
-            fail(f"training diverged: loss is {loss_d} (D), {loss_g} (G) by iteration {iteration}; "
-                 "the last good checkpoint is kept", 1)
-        rate = self.samples / (now - self.tick)
-        if self.path:  # opened per row: nothing held open, nothing half-written on a crash
-            values = (loss_d, loss_g, d_x, d_g_z, rate, self.elapsed, *extra)
-            with open(self.path, "a", newline="") as f:
-                csv.writer(f).writerow([epoch, iteration] + [f"{v:.6g}" for v in values])
-        left = eta((self.total - iteration) * (now - self.tick) / self.steps)
-        self.say(f"{where}  loss_D {loss_d:.3f}  loss_G {loss_g:.3f}  D(x) {d_x:.3f}  D(G(z)) "
-                 f"{d_g_z:.3f}{note}  {rate:,.0f} {self.unit}/s  ETA {left}")
-        self.sums, self.steps, self.samples, self.tick = 0, 0, 0, now
+def fail(message, status=2):
+    """One line on stderr, then exit: 2 bad input, 1 a diverged run."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(status)
 
 
-def eta(seconds):
-    s = int(seconds)
-    return f"{s // 3600}h{s // 60 % 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
-
-
-class StopOnSignal:
-    """Ctrl-C or SIGTERM: `requested` is set, and the loop checkpoints after this step and calls
-    exit(), status 130. A second signal stops at once, keeping the last checkpoint."""
-
-    def __enter__(self):
-        self.requested = False
-        self.previous = {s: signal.signal(s, self.handle) for s in (signal.SIGINT, signal.SIGTERM)}
-        return self
-
-    def handle(self, signum, frame):
-        if self.requested:
-            fail("interrupted twice: stopped without a new checkpoint (the last one is kept)", 130)
-        self.requested = True
-        print(f"\n{SCRIPT}: {signal.Signals(signum).name}: stopping after this step (again to stop "
-              "now)", file=sys.stderr, flush=True)
-
-    def exit(self, args, where, say=print):
-        say(f"{SCRIPT}: stopped at {where}; checkpoint saved. Resume with:\n"
-            f"  python {SCRIPT}.py --resume --output-dir {args.output_dir}")
-        raise SystemExit(130)
-
-    def __exit__(self, *exc):
-        for s, handler in self.previous.items():
-            signal.signal(s, handler)
+def number(cast, low, high=math.inf):
+    """An argparse type: cast(text) in [low, high)."""
+    def parse(text):
+        value = cast(text)  # not a number: argparse says "invalid int value"
+        if not low <= value < high:
+            raise argparse.ArgumentTypeError(f"expected a number in [{low}, {high}): {text}")
+        return value
+    parse.__name__ = cast.__name__
+    return parse
 
 
 def main(argv=None):
-    args, ckpt = get_options(argv)
-    mode = next((m for m in MODES if getattr(args, m)), None)
-    (MODES[mode] if mode else train)(args, ckpt)
-
-
-# ---- this script's run: the loop, samples, pictures ----
-
-# Options a resumed or sampling run may change; options that must match the checkpoint.
-RUN_KEYS = ("output_dir", "device", "dry_run", "resume", "generate", "epoch")
-MODEL_KEYS = ("preprocess", "nz", "hidden_size")
-
-
-def settle(args):
-    """Defaults that depend on other options."""
+    parser = build_parser(argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], allow_abbrev=False,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter))
+    parser.error = fail  # one line, exit 2
+    args = parser.parse_args(argv)
     args.epochs = args.epochs or {"moments": 1000, "raw": 2000}[args.preprocess]
     args.lr_d = args.lr_d or args.lr
-    return args
+    try:
+        (generate if args.generate else train)(args)
+    except OSError as e:  # an --output-dir that cannot be made or written: one line
+        fail(f"{e.filename}: {e.strerror}")
 
 
-def train(args, ckpt):
-    device = pick_device(args.device)
+def train(args):
     torch.manual_seed(args.seed)
-    G = Generator(args.nz, args.hidden_size).to(device)
-    D = Discriminator(4 if args.preprocess == "moments" else 1, args.hidden_size).to(device)
+    G = Generator(args.nz, args.hidden_size)
+    D = Discriminator(4 if args.preprocess == "moments" else 1, args.hidden_size)
     # Deviation: Adam, not the tutorial's SGD with momentum 0.9. fused: one kernel for all
     # parameters (13% less training time here than the per-tensor loop).
-    fused = device.type in ("cpu", "cuda")
-    opt_G = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(0.5, 0.999), fused=fused)
-    opt_D = torch.optim.Adam(D.parameters(), lr=args.lr_d, betas=(0.5, 0.999), fused=fused)
-    fixed_noise = torch.rand(10000, args.nz, device=device)  # the GIF's histograms use these z
+    opt_G = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(0.5, 0.999), fused=True)
+    opt_D = torch.optim.Adam(D.parameters(), lr=args.lr_d, betas=(0.5, 0.999), fused=True)
+    fixed_noise = torch.rand(10000, args.nz)  # the GIF's histograms use these z
     edges = torch.linspace(args.mean - 4 * args.std, args.mean + 4 * args.std, 61)
-    frames, frame_epochs, epoch, elapsed = [], [], 0, 0.0  # frames: histograms of G(fixed_noise)
-    if ckpt:
-        restore(ckpt, G=G, D=D, opt_G=opt_G, opt_D=opt_D)
-        fixed_noise, frames, frame_epochs = ckpt["fixed_noise"].to(device), ckpt["frames"], \
-            ckpt["frame_epochs"]
-        epoch, elapsed = ckpt["epoch"], ckpt["elapsed_s"]
-    out = make_output_dir(args.output_dir)
-    moment_columns = [f"{s}_{m}" for s in ("real", "fake") for m in ("mean", "std", "skew", "kurt")]
-    progress = Progress(os.path.join(out, "log.csv"), args.epochs, epoch, elapsed, bool(ckpt),
-                        unit="samples", columns=moment_columns)
-    print(f"{SCRIPT}: {vars(args)}\n{SCRIPT}: {'resuming at' if ckpt else 'starting at'} epoch "
-          f"{epoch} of {args.epochs} on {device}")
-    last = min(args.epochs, epoch + 2) if args.dry_run else args.epochs
-    log_every = 1 if args.dry_run else args.log_every
-    n = args.batch_size
-    with StopOnSignal() as stop:
-        while epoch < last:
-            # Deviation: the rates decay linearly to 0 over the run (a function of the epoch, so a
-            # resumed run needs no scheduler state).
-            for opt, lr in ((opt_D, args.lr_d), (opt_G, args.lr)):
-                opt.param_groups[0]["lr"] = lr * (1 - epoch / args.epochs)
-            batches = [(torch.randn(n, device=device) * args.std + args.mean,   # x ~ N(mean, std)
-                        torch.rand(n, args.nz, device=device)) for _ in range(args.d_steps)]
-            g_noise = [torch.rand(n, args.nz, device=device) for _ in range(args.g_steps)]
-            stats, fake = train_step(G, D, opt_G, opt_D, batches, g_noise, args.preprocess, args.r1)
-            progress.add(stats, n * args.d_steps)
-            epoch += 1
-            save_snapshot(args, epoch, G=G.state_dict())
-            if epoch % log_every == 0 or epoch == last or stop.requested:
-                real_m = moments(batches[-1][0].view(1, -1))[0].tolist()
-                fake_m = moments(fake.view(1, -1))[0].tolist()
-                progress.line(epoch, epoch, f"epoch {epoch}/{args.epochs}", real_m + fake_m,
-                              f"  real {fmt(real_m)}  fake {fmt(fake_m)}")
-                with torch.no_grad():
-                    frames.append(torch.histc(G(fixed_noise).cpu(), 60, *edges[[0, -1]].tolist()))
-                frame_epochs.append(epoch)
-                save_checkpoint(args, {
-                    "epoch": epoch, "iteration": epoch, "elapsed_s": progress.elapsed,
-                    "G": G.state_dict(), "D": D.state_dict(), "opt_G": opt_G.state_dict(),
-                    "opt_D": opt_D.state_dict(), "fixed_noise": fixed_noise.cpu(),
-                    "frames": frames, "frame_epochs": frame_epochs})
-            if stop.requested:
-                stop.exit(args, f"epoch {epoch}")
-    x = sample(G, 10000, args, device)
-    write_pictures(x, args, frames, frame_epochs, edges)
-    print(f"{SCRIPT}: done in {progress.elapsed:.1f} s of training. 10,000 samples: mean "
+    os.makedirs(args.output_dir, exist_ok=True)
+    last = 2 if args.dry_run else args.epochs
+    log_every, n = 1 if args.dry_run else args.log_every, args.batch_size
+    frames, rows, sums, start = [], [], 0, time.perf_counter()  # frames: histograms of G(fixed z)
+    print(f"{SCRIPT}: {vars(args)}")
+    for epoch in range(1, last + 1):
+        # Deviation: the rates decay linearly to 0 over the run.
+        for opt, lr in ((opt_D, args.lr_d), (opt_G, args.lr)):
+            opt.param_groups[0]["lr"] = lr * (1 - (epoch - 1) / args.epochs)
+        batches = [(torch.randn(n) * args.std + args.mean, torch.rand(n, args.nz))  # x ~ N(mean,
+                   for _ in range(args.d_steps)]                                   # std), z
+        g_noise = [torch.rand(n, args.nz) for _ in range(args.g_steps)]
+        stats, fake = train_step(G, D, opt_G, opt_D, batches, g_noise, args.preprocess, args.r1)
+        sums = sums + stats
+        if epoch % log_every == 0 or epoch == last:
+            means = (sums / (epoch - (rows[-1][0] if rows else 0))).tolist()  # the host read
+            if not all(map(math.isfinite, means[:2])):
+                fail(f"training diverged: loss is {means[0]} (D), {means[1]} (G) by epoch {epoch}",
+                     1)
+            moment = [*moments(batches[-1][0].view(1, -1))[0], *moments(fake.view(1, -1))[0]]
+            elapsed = time.perf_counter() - start
+            rows.append([epoch, epoch, *means, n * args.d_steps * epoch / elapsed, elapsed,
+                         *[m.item() for m in moment]])
+            print(f"epoch {epoch}/{last}  loss_D {means[0]:.3f}  loss_G {means[1]:.3f}  D(x) "
+                  f"{means[2]:.3f}  D(G(z)) {means[3]:.3f}  real {moment[0]:.2f} {moment[1]:.2f}"
+                  f"  fake {moment[4]:.2f} {moment[5]:.2f}  {rows[-1][6]:,.0f} samples/s  ETA "
+                  f"{elapsed * (last - epoch) / epoch:.0f} s")
+            with torch.no_grad():
+                frames.append((epoch, torch.histc(G(fixed_noise), 60, *edges[[0, -1]].tolist())))
+            sums = 0
+    path = os.path.join(args.output_dir, "checkpoint.pt")
+    torch.save({"script": SCRIPT, "args": vars(args), "G": G.state_dict(), "D": D.state_dict()},
+               path + ".tmp")
+    os.replace(path + ".tmp", path)
+    x = sample(G, 10000, args.nz)
+    write_pictures(x, args, rows, frames, edges)
+    print(f"{SCRIPT}: done in {time.perf_counter() - start:.1f} s. 10,000 samples: mean "
           f"{x.mean():.3f} (target {args.mean}), std {x.std():.3f} (target {args.std}), "
-          f"KS distance {ks_distance(x, args.mean, args.std):.4f}. Outputs in {out}")
+          f"KS distance {ks_distance(x, args.mean, args.std):.4f}. Outputs in {args.output_dir}")
 
 
-def sample(G, n, args, device):
+def sample(G, n, nz):
     G.eval()
     with torch.no_grad():
-        x = G(torch.rand(n, args.nz, device=device)).cpu()
-    G.train()
-    return x
+        return G(torch.rand(n, nz))
 
 
 def ks_distance(x, mean, std):
@@ -519,13 +275,20 @@ def ks_distance(x, mean, std):
     return torch.maximum(above, below).max().item()
 
 
-def write_pictures(x, args, frames, frame_epochs, edges):
-    """histogram.png (target density vs samples), progress.gif (a frame per log line), loss.png."""
+def write_pictures(x, args, rows, frames, edges):
+    """log.csv and loss.png; histogram.png (target density vs samples); progress.gif (a frame per
+    log line)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
     out = args.output_dir
+    with open(os.path.join(out, "log.csv"), "w", newline="") as f:
+        csv.writer(f).writerows([["epoch", "iteration", "loss_d", "loss_g", "d_x", "d_g_z",
+                                  "samples_per_s", "elapsed_s"] + [f"{s}_{m}" for s in (
+                                      "real", "fake") for m in ("mean", "std", "skew", "kurt")]]
+                                + [[f"{v:.6g}" for v in row] for row in rows])
+    plot_log(os.path.join(out, "log.csv"), os.path.join(out, "loss.png"),
+             title=f"{SCRIPT} ({args.preprocess})")
     grid = torch.linspace(*edges[[0, -1]].tolist(), 200)
     density = torch.exp(-((grid - args.mean) / args.std) ** 2 / 2) / (args.std * (2 * np.pi) ** .5)
     width = (edges[1] - edges[0]).item()
@@ -542,32 +305,33 @@ def write_pictures(x, args, frames, frame_epochs, edges):
         fig.canvas.draw()
         return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
 
-    gif = [draw(counts, f"G(fixed z), epoch {e}") for counts, e in zip(frames, frame_epochs)]
+    gif = [draw(counts, f"G(fixed z), epoch {epoch}") for epoch, counts in frames]
     save_gif(gif, os.path.join(out, "progress.gif"), seconds_per_frame=0.25)
     draw(torch.histc(x, 60, *edges[[0, -1]].tolist()), f"{args.preprocess}: 10,000 samples")
     fig.savefig(os.path.join(out, "histogram.png"), dpi=100)
     plt.close(fig)
-    plot_log(os.path.join(out, "log.csv"), os.path.join(out, "loss.png"),
-             title=f"{SCRIPT} ({args.preprocess})")
 
 
-def generate(args, ckpt):
-    device = pick_device(args.device)
+def generate(args):
+    path = os.path.join(args.output_dir, "checkpoint.pt")
+    try:
+        with warnings.catch_warnings():  # torch warns before some refusals: the error says it all
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, weights_only=True)  # weights only: loading never runs code
+    except Exception:
+        ckpt = None
+    if not isinstance(ckpt, dict) or ckpt.get("script") != SCRIPT:
+        fail(f"no checkpoint of {SCRIPT}.py at {path}: train first, or point --output-dir at one")
+    saved = argparse.Namespace(**ckpt["args"])
     torch.manual_seed(args.seed)
-    G = Generator(args.nz, args.hidden_size).to(device)
-    G.load_state_dict(chosen_weights(args, ckpt)["G"])
-    x = sample(G, args.generate, args, device)
-    path = os.path.join(args.output_dir, "samples.npy")
-    np.save(path, x.numpy())
-    print(f"{SCRIPT}: wrote {len(x)} samples to {path}: mean {x.mean():.4f}, std {x.std():.4f}, "
-          f"KS distance to N({args.mean}, {args.std}) {ks_distance(x, args.mean, args.std):.4f}")
+    G = Generator(saved.nz, saved.hidden_size)
+    G.load_state_dict(ckpt["G"])
+    x = sample(G, args.generate, saved.nz)
+    np.save(os.path.join(args.output_dir, "samples.npy"), x.numpy())
+    print(f"{SCRIPT}: wrote {len(x)} samples to {args.output_dir}/samples.npy: mean "
+          f"{x.mean():.4f}, std {x.std():.4f}, KS distance to N({saved.mean}, {saved.std}) "
+          f"{ks_distance(x, saved.mean, saved.std):.4f}")
 
-
-def fmt(values):
-    return " ".join(f"{v:.2f}" for v in values)
-
-
-MODES = {"generate": generate}  # what main() runs instead of train() when its option is given
 
 if __name__ == "__main__":
     main()

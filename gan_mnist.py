@@ -32,11 +32,9 @@ import contextlib
 import copy
 import csv
 import glob
-import gzip
 import math
 import os
 import signal
-import struct
 import sys
 import time
 import warnings
@@ -50,46 +48,47 @@ from utils import plot_log, save_gif, save_grid, save_images
 SCRIPT = "gan_mnist"
 
 
-def build_parser():
-    p = Parser("Goodfellow et al. 2014: an MLP GAN on MNIST.")
+def build_parser(p):
     g = p.add_argument_group("data")
     g.add_argument("--dataset", choices=["mnist", "fashion-mnist"], default="mnist")
     g.add_argument("--dataroot", default="./data", help="holds MNIST/raw or FashionMNIST/raw; "
                    "torchvision downloads there when the files are missing")
     g = p.add_argument_group("model")
-    g.add_argument("--nz", "--noise-size", type=positive_int, default=100, help="size of z")
-    g.add_argument("--dropout", type=probability, default=0.1,
+    g.add_argument("--nz", type=number(int, 1), default=100, help="size of z")
+    g.add_argument("--dropout", type=number(float, 0, 1), default=0.1,
                    help="on D's hidden units (tutorial: 0.5)")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=positive_int, default=10, help="passes over the training set")
-    g.add_argument("--batch-size", type=positive_int, default=128, help="per D-step (tutorial: 64)")
-    g.add_argument("--lr", "--learning-rate", "-lr", type=positive_float, default=1e-3,
+    g.add_argument("--epochs", type=number(int, 1), default=10, help="passes over the training set")
+    g.add_argument("--batch-size", type=number(int, 1), default=128,
+                   help="per D-step (tutorial: 64)")
+    g.add_argument("--lr", type=number(float, 0), default=1e-3,
                    help="G's Adam rate, and D's unless --lr-d (tutorial: 2e-4)")
-    g.add_argument("--lr-d", "--learning-rate-d", type=positive_float, default=4e-4,
+    g.add_argument("--lr-d", type=number(float, 0), default=4e-4,
                    help="D's Adam rate (tutorial: 2e-4)")
-    g.add_argument("--beta1", type=probability, default=0.0, help="Adam's beta1 (tutorial: 0.5)")
-    g.add_argument("--beta2", type=probability, default=0.999, help="Adam's beta2")
-    g.add_argument("--d-steps", type=positive_int, default=1, help="D-steps per G-step: k")
+    g.add_argument("--beta1", type=number(float, 0, 1), default=0.0,
+                   help="Adam's beta1 (tutorial: 0.5)")
+    g.add_argument("--beta2", type=number(float, 0, 1), default=0.999, help="Adam's beta2")
+    g.add_argument("--d-steps", type=number(int, 1), default=1, help="D-steps per G-step: k")
     g.add_argument("--g-loss", choices=["non-saturating", "minimax"], default="non-saturating",
                    help="G ascends log D(G(z)) (section 3) or descends log(1 - D(G(z))) (Eq. 1)")
-    g.add_argument("--r1", type=non_negative_float, default=10.0, help="R1 weight (0: off)")
-    g.add_argument("--r1-every", type=positive_int, default=4, help="R1 every N D-steps, times N")
-    g.add_argument("--ema", type=probability, default=0.999,
+    g.add_argument("--r1", type=number(float, 0), default=10.0, help="R1 weight (0: off)")
+    g.add_argument("--r1-every", type=number(int, 1), default=4,
+                   help="R1 every N D-steps, times N")
+    g.add_argument("--ema", type=number(float, 0, 1), default=0.999,
                    help="decay of the average of G's weights for pictures and samples (0: off)")
     g = p.add_argument_group("run")
     g.add_argument("--output-dir", default=os.path.join("output", SCRIPT))
-    g.add_argument("--log-file", default="log.csv", help="the CSV log's name in --output-dir")
     g.add_argument("--seed", type=int, default=1, help="seeds torch")
     g.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
                    help="auto: cuda, then mps, then cpu (the tutorial's --use-cuda)")
-    g.add_argument("--log-every", type=positive_int, default=100, help="iterations a log line")
+    g.add_argument("--log-every", type=number(int, 1), default=100, help="iterations a log line")
     g.add_argument("--dry-run", action="store_true", help="2 iterations of 8, every output")
     g.add_argument("--resume", action="store_true", help="continue <output-dir>/checkpoint.pt")
-    g.add_argument("--snapshot-every", type=count, default=1, metavar="K",
-                   help="keep G's weights every K epochs in <output-dir>/snapshots/ (0: never)")
-    g.add_argument("--epoch", type=positive_int, metavar="K",
+    g.add_argument("--snapshot-every", type=number(int, 1), default=1, metavar="K",
+                   help="keep G's weights every K epochs in <output-dir>/snapshots/")
+    g.add_argument("--epoch", type=number(int, 1), metavar="K",
                    help="--generate: from the snapshot of epoch K, not the checkpoint")
-    g.add_argument("--generate", type=positive_int, metavar="N",
+    g.add_argument("--generate", type=number(int, 1), metavar="N",
                    help="write N images from the checkpoint to <output-dir>/samples/")
     return p
 
@@ -178,6 +177,16 @@ def train_step(G, D, opt_G, opt_D, batches, d_steps_before=0, r1=10.0, r1_every=
     return torch.stack([loss_d, loss_g, d_x, d_g_z]).detach()
 
 
+@contextlib.contextmanager
+def frozen(D):
+    """D's weights need no gradients while G learns through D (their computation is skipped)."""
+    D.requires_grad_(False)
+    try:
+        yield D
+    finally:
+        D.requires_grad_(True)
+
+
 def update_average(G_ema, G, decay):
     """Deviation: pictures and samples come from an exponential moving average of G's weights
     (Yazici et al. 2019, arXiv:1806.04498v2), which smooths the MLP's step-to-step jitter. The
@@ -207,7 +216,7 @@ def refresh_statistics(G_ema, nz, batch_size, batches=16):
 
 
 # ---- run plumbing: the same in every script ----
-# Options, checkpoints, the log line, signals, errors. tests/test_plumbing.py fails when this block
+# Errors, options, checkpoints, the log line, signals. tests/test_plumbing.py fails when this block
 # differs between the scripts: change it in one, copy it to the others.
 
 def fail(message, status=2):
@@ -216,95 +225,74 @@ def fail(message, status=2):
     raise SystemExit(status)
 
 
-class Parser(argparse.ArgumentParser):
-    """No abbreviations (a mistyped option is an error, not another option); errors in one line."""
-
-    def __init__(self, description):
-        super().__init__(description=description, allow_abbrev=False,
-                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-
-    def error(self, message):
-        fail(message)
-
-
-def checked(cast, ok, expected):
-    """An argparse type: the text as a number for which ok() holds."""
+def number(cast, low, high=math.inf):
+    """An argparse type: cast(text) in [low, high)."""
     def parse(text):
-        try:
-            value = cast(text)
-        except ValueError:
-            value = math.nan
-        if not ok(value):
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        value = cast(text)  # not a number: argparse says "invalid int value"
+        if not low <= value < high:
+            raise argparse.ArgumentTypeError(f"expected a number in [{low}, {high}): {text}")
         return value
+    parse.__name__ = cast.__name__
     return parse
 
 
-positive_int = checked(int, lambda v: v > 0, "a positive integer")
-count = checked(int, lambda v: v >= 0, "an integer >= 0")
-positive_float = checked(float, lambda v: 0 < v < math.inf, "a number > 0")
-non_negative_float = checked(float, lambda v: 0 <= v < math.inf, "a finite number >= 0")
-probability = checked(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
-RENAMED = {"noise_size": "nz", "g_lr": "lr", "d_lr": "lr_d", "learning_rate": "lr",
-           "learning_rate_d": "lr_d"}  # older checkpoints' names of options
-
-
 def get_options(argv):
-    """Parse argv. --resume and the MODES load the checkpoint: options the command line leaves out
-    take its values, and those that shape the networks (MODEL_KEYS) must match it."""
-    parser = build_parser()
+    """No abbreviations; errors in one line. --resume and the MODES load the checkpoint: options
+    the command line leaves out take its values; those that shape the networks must match it."""
+    parser = build_parser(argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], allow_abbrev=False,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter))
+    parser.error = fail
     args, ckpt = parser.parse_args(argv), None
-    asked = [f"--{m.replace('_', '-')}" for m in ("resume", *MODES) if getattr(args, m)]
+    asked = [f"--{name}".replace("_", "-") for name in ("resume", *MODES) if getattr(args, name)]
     if len(asked) > 1:
         fail(f"{' and '.join(asked)} exclude each other")
-    if args.epoch is not None and not any(getattr(args, m) for m in MODES):
-        fail(f"--epoch picks the snapshot that {' or '.join(f'--{m}' for m in MODES)} draws from"
-             .replace("_", "-"))
+    if args.epoch is not None and asked in ([], ["--resume"]):
+        fail("--epoch K picks the snapshot that --generate or --interpolate draws from")
     path = os.path.join(args.output_dir, "checkpoint.pt")
     if asked:
-        ckpt = load_checkpoint(path)
-        saved = {RENAMED.get(k, k): v for k, v in ckpt["args"].items()}
-        args = parser.parse_args(argv, argparse.Namespace(
-            **{k: v for k, v in saved.items() if k not in RUN_KEYS}))
+        ckpt = load(path, "checkpoint")
+        saved = {k: v for k, v in ckpt["args"].items() if k not in RUN_KEYS}
+        args = parser.parse_args(argv, argparse.Namespace(**saved))
         for key in MODEL_KEYS:
-            if getattr(args, key) != saved.get(key):
-                fail(f"{path} was trained with --{key.replace('_', '-')} {saved.get(key)}, "
-                     f"not {getattr(args, key)}")
+            if getattr(args, key) != saved[key]:
+                fail(f"{path} was trained with --{key.replace('_', '-')} {saved[key]}, not "
+                     f"{getattr(args, key)}")
     elif os.path.exists(path):
         fail(f"{path} exists: continue that run with --resume, or choose another --output-dir")
     return settle(args), ckpt
 
 
-def load_checkpoint(path):
+def load(path, what):
+    """A checkpoint or snapshot of this script, with weights_only=True: loading never runs code."""
     if not os.path.isfile(path):
-        fail(f"no checkpoint at {path}: train first, or point --output-dir at the run")
+        fail(f"no {what} at {path} (--output-dir names the run)")
     try:
         with warnings.catch_warnings():  # torch warns before some refusals: the error says it all
             warnings.simplefilter("ignore")
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)  # never runs its code
+            saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:
-        fail(f"cannot read {path}: damaged, or not a checkpoint of these scripts (it is loaded "
-             "with weights_only=True: tensors and plain data only)")
-    if not isinstance(ckpt, dict) or "args" not in ckpt:
-        fail(f"{path} is not a checkpoint of these scripts")
-    if ckpt.get("script") != SCRIPT:
-        fail(f"{path} is a checkpoint of {ckpt.get('script')}.py, not {SCRIPT}.py")
-    return ckpt
+        saved = None
+    if not isinstance(saved, dict) or saved.get("script") != SCRIPT:
+        fail(f"cannot read {path}: damaged, or not a {what} of {SCRIPT}.py")
+    return saved
 
 
-def save_checkpoint(args, state):
-    """state, the options and torch's generators, written to a temporary file and renamed into
-    place: a crash mid-write never leaves a broken checkpoint."""
-    path = os.path.join(args.output_dir, "checkpoint.pt")
-    cuda = torch.cuda.get_rng_state() if torch.cuda.is_available() else []  # this process's GPU
-    torch.save({"script": SCRIPT, "torch_version": str(torch.__version__), "args": vars(args),
-                "rng": {"torch": torch.get_rng_state(), "cuda": cuda}, **state}, path + ".tmp")
+def save(state, path):
+    """Written under a temporary name and renamed into place: never half a file."""
+    torch.save({"script": SCRIPT, **state}, path + ".tmp")
     os.replace(path + ".tmp", path)
 
 
+def save_checkpoint(args, state):
+    cuda = torch.cuda.get_rng_state() if torch.cuda.is_available() else []  # this process's GPU
+    save({"torch_version": str(torch.__version__), "args": vars(args),
+          "rng": {"torch": torch.get_rng_state(), "cuda": cuda}, **state},
+         os.path.join(args.output_dir, "checkpoint.pt"))
+
+
 def restore(ckpt, **parts):
-    """Load each module or optimizer from ckpt[name], then torch's generators (the only ones the
-    scripts draw from; older checkpoints also hold Python's and NumPy's, which are ignored)."""
+    """Each module and optimizer from ckpt[name], then torch's generators (the only ones used)."""
     for name, part in parts.items():
         part.load_state_dict(ckpt[name])
         for param, state in getattr(part, "state", {}).items():  # an optimizer: its state takes
@@ -312,124 +300,69 @@ def restore(ckpt, **parts):
                 if value.shape == param.shape:
                     state[key] = torch.empty_like(param).copy_(value)
     torch.set_rng_state(ckpt["rng"]["torch"])
-    cuda = ckpt["rng"]["cuda"]  # older checkpoints: a list, one per GPU
-    if len(cuda) and torch.cuda.is_available():
-        torch.cuda.set_rng_state(cuda[0] if isinstance(cuda, list) else cuda)
+    if len(ckpt["rng"]["cuda"]) and torch.cuda.is_available():
+        torch.cuda.set_rng_state(ckpt["rng"]["cuda"])
 
 
-def save_snapshot(args, epoch, **weights):
-    """Every --snapshot-every epochs, G's weights (and the average's, where there is one) in
-    <output-dir>/snapshots/epoch_NNN.pt: small, weights only, for --epoch K; not a resume point."""
-    if not args.snapshot_every or epoch % args.snapshot_every:
-        return
-    folder = os.path.join(args.output_dir, "snapshots")
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, f"epoch_{epoch:03d}.pt")
-    torch.save({"script": SCRIPT, "epoch": epoch, **weights}, path + ".tmp")
-    os.replace(path + ".tmp", path)
-
-
-def chosen_weights(args, ckpt):
-    """What the sampling modes load: the checkpoint's weights, or with --epoch K epoch K's."""
-    if args.epoch is None:
-        return ckpt
-    folder = os.path.join(args.output_dir, "snapshots")
-    path = os.path.join(folder, f"epoch_{args.epoch:03d}.pt")
-    if not os.path.isfile(path):
-        names = os.listdir(folder) if os.path.isdir(folder) else []
-        kept = sorted(int(n[6:-3]) for n in names if n[6:-3].isdigit() and n.endswith(".pt"))
-        fail(f"no snapshot of epoch {args.epoch} in {folder} (kept: "
-             f"{', '.join(map(str, kept)) or 'none'}; --snapshot-every sets how often)")
-    try:
-        snapshot = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        fail(f"cannot read {path}: damaged, or not a snapshot of these scripts")
-    if not isinstance(snapshot, dict) or snapshot.get("script") != SCRIPT:
-        fail(f"{path} is not a snapshot of {SCRIPT}.py")
-    return snapshot
-
-
-def make_output_dir(path):
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as e:
-        fail(f"cannot create --output-dir {path}: {e.strerror}")
-    if not os.access(path, os.W_OK):
-        fail(f"cannot write to --output-dir {path}")
-    return path
+def snapshot(args, epoch, **weights):
+    """<output-dir>/snapshots/epoch_NNN.pt, G's weights (and the average's) for --epoch K: saved
+    every --snapshot-every epochs when weights are given, else loaded."""
+    path = os.path.join(args.output_dir, "snapshots", f"epoch_{epoch:03d}.pt")
+    if not weights:
+        return load(path, "snapshot")
+    if epoch % args.snapshot_every == 0:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        save({"epoch": epoch, **weights}, path)
 
 
 def pick_device(name):
     ok = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
-    name = next(d for d in ("cuda", "mps", "cpu") if ok[d]) if name == "auto" else name
+    name = next(d for d in ok if ok[d]) if name == "auto" else name
     if not ok[name]:
         fail(f"--device {name}: not available on this machine")
     return torch.device(name)
 
 
-@contextlib.contextmanager
-def frozen(D):
-    """D's weights need no gradients while G learns through D (their computation is skipped).
-    Under DDP, D's local module: nothing of D is reduced in that phase."""
-    D = getattr(D, "module", D)
-    D.requires_grad_(False)
-    try:
-        yield D
-    finally:
-        D.requires_grad_(True)
-
-
 class Progress:
-    """The log line. add() sums each step's (loss_D, loss_G, D(x), D(G(z))) on the device; line()
-    reads their means (the loop's one host read: it waits for the device), stops on a NaN, prints,
-    and writes a CSV row (path None: no file). Resumed, rows past `iteration` are dropped."""
+    """The log line and log.csv. add() sums each step's (loss_D, loss_G, D(x), D(G(z))) on the
+    device; line() reads their means (the loop's one host read), stops on a NaN, prints, writes a
+    row (path None: no file). A resumed run drops the rows past its checkpoint's iteration."""
 
-    def __init__(self, path, total, iteration, elapsed, resumed, unit="img", columns=(),
-                 say=print, reduce=lambda sums: sums):
-        self.total, self.before, self.elapsed, self.unit = total, elapsed, elapsed, unit
-        self.say = say
-        self.reduce, self.sums, self.steps, self.samples, self.path = reduce, 0, 0, 0, path
+    def __init__(self, path, total, iteration, elapsed, say=print, mean=torch.as_tensor):
+        self.path, self.total, self.say, self.mean = path, total, say, mean
+        self.before, self.elapsed, self.sums, self.steps, self.samples = elapsed, elapsed, 0, 0, 0
         self.start = self.tick = time.perf_counter()
         if path:
-            rows = []
-            if resumed and os.path.exists(path):
-                with open(path, newline="") as f:
-                    rows = [r for r in list(csv.reader(f))[1:] if r and int(r[1]) <= iteration]
-            header = ["epoch", "iteration", "loss_d", "loss_g", "d_x", "d_g_z", "samples_per_s",
-                      "elapsed_s", *columns]
+            with open(path, "a+", newline="") as f:
+                f.seek(0)
+                rows = [row for row in list(csv.reader(f))[1:] if int(row[1]) <= iteration]
             with open(path, "w", newline="") as f:
-                csv.writer(f).writerows([header] + rows)
+                csv.writer(f).writerows([["epoch", "iteration", "loss_d", "loss_g", "d_x", "d_g_z",
+                                          "samples_per_s", "elapsed_s"]] + rows)
 
     def add(self, stats, samples):
         self.sums, self.steps = self.sums + stats, self.steps + 1
         self.samples += samples
 
-    def line(self, epoch, iteration, where, extra=(), note=""):
+    def line(self, epoch, iteration, where, unit="img"):
         now = time.perf_counter()
-        self.elapsed = self.before + now - self.start
-        loss_d, loss_g, d_x, d_g_z = (self.reduce(self.sums) / self.steps).tolist()  # host read
-        if not (math.isfinite(loss_d) and math.isfinite(loss_g)):
-            fail(f"training diverged: loss is {loss_d} (D), {loss_g} (G) by iteration {iteration}; "
-                 "the last good checkpoint is kept", 1)
-        rate = self.samples / (now - self.tick)
+        self.elapsed, rate = self.before + now - self.start, self.samples / (now - self.tick)
+        values = self.mean(self.sums / self.steps).tolist() + [rate, self.elapsed]  # host read
+        if not all(map(math.isfinite, values[:2])):
+            fail(f"training diverged: loss is {values[0]} (D), {values[1]} (G) by iteration "
+                 f"{iteration}; the last good checkpoint is kept", 1)
         if self.path:  # opened per row: nothing held open, nothing half-written on a crash
-            values = (loss_d, loss_g, d_x, d_g_z, rate, self.elapsed, *extra)
             with open(self.path, "a", newline="") as f:
                 csv.writer(f).writerow([epoch, iteration] + [f"{v:.6g}" for v in values])
-        left = eta((self.total - iteration) * (now - self.tick) / self.steps)
-        self.say(f"{where}  loss_D {loss_d:.3f}  loss_G {loss_g:.3f}  D(x) {d_x:.3f}  D(G(z)) "
-                 f"{d_g_z:.3f}{note}  {rate:,.0f} {self.unit}/s  ETA {left}")
+        left = int((self.total - iteration) * (now - self.tick) / self.steps)
+        self.say(f"{where}  loss_D {values[0]:.3f}  loss_G {values[1]:.3f}  D(x) {values[2]:.3f}  "
+                 f"D(G(z)) {values[3]:.3f}  {rate:,.0f} {unit}/s  ETA {left // 60}:{left % 60:02d}")
         self.sums, self.steps, self.samples, self.tick = 0, 0, 0, now
 
 
-def eta(seconds):
-    s = int(seconds)
-    return f"{s // 3600}h{s // 60 % 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
-
-
 class StopOnSignal:
-    """Ctrl-C or SIGTERM: `requested` is set, and the loop checkpoints after this step and calls
-    exit(), status 130. A second signal stops at once, keeping the last checkpoint."""
+    """Ctrl-C or SIGTERM sets `requested`: the loop checkpoints after this step and calls exit()
+    (status 130). A second signal stops at once, keeping the last checkpoint."""
 
     def __enter__(self):
         self.requested = False
@@ -440,8 +373,7 @@ class StopOnSignal:
         if self.requested:
             fail("interrupted twice: stopped without a new checkpoint (the last one is kept)", 130)
         self.requested = True
-        print(f"\n{SCRIPT}: {signal.Signals(signum).name}: stopping after this step (again to stop "
-              "now)", file=sys.stderr, flush=True)
+        print(f"\n{SCRIPT}: stopping after this step (again to stop now)", file=sys.stderr)
 
     def exit(self, args, where, say=print):
         say(f"{SCRIPT}: stopped at {where}; checkpoint saved. Resume with:\n"
@@ -456,14 +388,16 @@ class StopOnSignal:
 def main(argv=None):
     args, ckpt = get_options(argv)
     mode = next((m for m in MODES if getattr(args, m)), None)
-    (MODES[mode] if mode else train)(args, ckpt)
+    try:
+        (MODES[mode] if mode else train)(args, ckpt)
+    except OSError as e:  # an --output-dir that cannot be made or written, a full disk: one line
+        fail(f"{e.filename}: {e.strerror}")
 
 
 # ---- this script's run: the loop, its data, samples ----
 
 # Options a resumed or sampling run may change; options that must match the checkpoint.
-RUN_KEYS = ("output_dir", "device", "dry_run", "resume", "generate", "epoch", "dataroot",
-            "log_file")
+RUN_KEYS = ("output_dir", "device", "dry_run", "resume", "generate", "epoch", "dataroot")
 MODEL_KEYS = ("dataset", "nz")
 
 
@@ -476,7 +410,7 @@ def settle(args):
 def train(args, ckpt):
     device = pick_device(args.device)
     torch.manual_seed(args.seed)
-    images = load_images(args, device)  # (N, 28, 28) uint8, on the device
+    images = load_images(args).to(device)  # (N, 28, 28) uint8, on the device
     per_iteration = args.batch_size * args.d_steps
     iterations = len(images) // per_iteration  # per epoch; the last partial batch is dropped
     if iterations == 0:
@@ -493,21 +427,21 @@ def train(args, ckpt):
     if ckpt:
         # With --ema 0 the average is G itself: it must not receive the checkpoint's average.
         restore(ckpt, G=G, D=D, opt_G=opt_G, opt_D=opt_D, **({"G_ema": G_ema} if args.ema else {}))
-        fixed_noise, iteration, elapsed = ckpt["fixed_noise"].to(device), ckpt["iteration"], \
-            ckpt["elapsed_s"]
-    out = make_output_dir(args.output_dir)
-    total = args.epochs * iterations
-    progress = Progress(os.path.join(out, args.log_file), total, iteration, elapsed, bool(ckpt))
+        fixed_noise, iteration = ckpt["fixed_noise"].to(device), ckpt["iteration"]
+        elapsed = ckpt["elapsed_s"]
+    out, total = args.output_dir, args.epochs * iterations
+    os.makedirs(out, exist_ok=True)
+    progress = Progress(os.path.join(out, "log.csv"), total, iteration, elapsed)
     save_grid(to_model(images[:64]), os.path.join(out, "real.png"))
     last = min(total, iteration + 2) if args.dry_run else total
     log_every = 1 if args.dry_run else args.log_every
     print(f"{SCRIPT}: {vars(args)}\n{SCRIPT}: {len(images)} images, {iterations} iterations per "
-          f"epoch; {'resuming at' if ckpt else 'starting at'} iteration {iteration} of {total} on "
-          f"{device}", flush=True)
+          f"epoch, from iteration {iteration} of {total} on {device}", flush=True)
     with StopOnSignal() as stop:
         while iteration < last:
             epoch, step = divmod(iteration, iterations)
-            order = epoch_order(len(images), args.seed, epoch, device)  # the same after a resume
+            g = torch.Generator().manual_seed(args.seed * 100003 + epoch)  # the order of (seed,
+            order = torch.randperm(len(images), generator=g).to(device)  # epoch): resumes see it
             for step in range(step, iterations):
                 take = order[step * per_iteration:(step + 1) * per_iteration].view(args.d_steps, -1)
                 batches = [(to_model(images[i]), torch.randn(len(i), args.nz, device=device))
@@ -534,12 +468,11 @@ def train(args, ckpt):
                 "D": D.state_dict(), "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(),
                 "fixed_noise": fixed_noise.cpu()})
             if iteration % iterations == 0:  # a whole epoch
-                save_snapshot(args, iteration // iterations, G=G.state_dict(),
-                              G_ema=G_ema.state_dict())
+                snapshot(args, iteration // iterations, G=G.state_dict(), G_ema=G_ema.state_dict())
             if stop.requested:
                 stop.exit(args, f"iteration {iteration}")
     save_gif(sorted(glob.glob(os.path.join(out, "epoch_*.png"))), os.path.join(out, "progress.gif"))
-    plot_log(os.path.join(out, args.log_file), os.path.join(out, "loss.png"),
+    plot_log(os.path.join(out, "log.csv"), os.path.join(out, "loss.png"),
              title=f"{SCRIPT} ({args.dataset})")
     print(f"{SCRIPT}: done: {iteration} iterations, {progress.elapsed:.1f} s. Outputs in {out}")
 
@@ -549,37 +482,23 @@ def to_model(images):
     return images.unsqueeze(1).float().div(127.5).sub(1)
 
 
-def epoch_order(n, seed, epoch, device):
-    """A permutation of the n images, a function of (seed, epoch) alone: resumed runs see it."""
-    g = torch.Generator().manual_seed(seed * 100003 + epoch)
-    return torch.randperm(n, generator=g).to(device)
-
-
-def load_images(args, device):
-    """The training images as one uint8 tensor (N, 28, 28) on the device, read from the idx file
-    (or .gz) in <dataroot>/<MNIST|FashionMNIST>/raw; torchvision downloads it there when missing."""
-    folder = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}[args.dataset]
-    path = os.path.join(args.dataroot, folder, "raw", "train-images-idx3-ubyte")
+def load_images(args):
+    """The training images, uint8 (N, 28, 28), through torchvision (which downloads them into
+    --dataroot when they are missing)."""
+    from torchvision import datasets
+    name = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}[args.dataset]
     try:
-        if not (os.path.isfile(path) or os.path.isfile(path + ".gz")):
-            from torchvision import datasets
-            getattr(datasets, folder)(args.dataroot, train=True, download=True)
-        with open(path, "rb") if os.path.isfile(path) else gzip.open(path + ".gz") as f:
-            data = f.read()
-        magic, n, h, w = struct.unpack(">4I", data[:16])  # idx: 0x0803 = 3-d uint8, then sizes
-        assert magic == 0x803 and len(data) == 16 + n * h * w, "not an idx file of images"
-        return torch.frombuffer(bytearray(data[16:]), dtype=torch.uint8).view(n, h, w).to(device)
+        return getattr(datasets, name)(args.dataroot, train=True, download=True).data
     except Exception as e:
-        fail(f"cannot load {args.dataset} from {os.path.dirname(path)} ({type(e).__name__}: "
-             f"{(str(e).splitlines() or [''])[0]}); put train-images-idx3-ubyte[.gz] there, or "
-             "let torchvision download it")
+        fail(f"cannot load {args.dataset} into or from --dataroot {args.dataroot} "
+             f"({type(e).__name__}: {(str(e).splitlines() or [''])[0]})")
 
 
 def generate(args, ckpt):
     device = pick_device(args.device)
     torch.manual_seed(args.seed)
     G = Generator(args.nz).to(device)
-    G.load_state_dict(chosen_weights(args, ckpt)["G_ema"])  # the average (G with --ema 0)
+    G.load_state_dict((snapshot(args, args.epoch) if args.epoch else ckpt)["G_ema"])  # the average
     G.eval()
     folder = os.path.join(args.output_dir, "samples")
     os.makedirs(folder, exist_ok=True)

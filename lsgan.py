@@ -12,7 +12,7 @@ the paper's scene network (Fig. 3): z of 1024 -> fc 7x7x256 -> 3x3 transposed co
 stride 2 and 1 -> 112x112; D: 5x5 stride-2 convolutions 64-128-256-512, a linear score. It starts
 from (size/16)^2: --image-size 112 is the paper's. Adam with beta1 0.5 (section 4.1); --arch lsgan
 defaults to the authors' train_lsun.py (lr 1e-3, batch 64, z of 1024), --arch dcgan to DCGAN's.
-Section 4.3's stability experiment: --dataset mixture8, the authors' mixture script by default
+Section 4.3's stability experiment: --dataset mixture8, as the authors' mixture script runs it
 (its own section below the banner). Samples use BatchNorm's running statistics, as the authors'
 sampler does (batch_norm with train=False).
 
@@ -36,11 +36,9 @@ import contextlib
 import csv
 import glob
 import json
-import gzip
 import math
 import os
 import signal
-import struct
 import sys
 import time
 import warnings
@@ -62,21 +60,20 @@ CODINGS = {"0-1-1": (0.0, 1.0, 1.0), "pearson": (-1.0, 1.0, 0.0)}  # (a, b, c) o
 INIT_STD = 0.02  # the image networks' initial weights: N(0, 0.02) (DCGAN, section 4)
 # Defaults that depend on the network or the data: nz, lr, lr-d, batch size, epochs.
 DEFAULTS = {"dcgan": (100, 2e-4, None, 128, 5), "lsgan": (1024, 1e-3, None, 64, 5),
-            "mixture8": (256, 1e-3, 1e-4, 512, None)}  # epochs: MIXTURE_PROTOCOLS
+            "mixture8": (256, 1e-3, 1e-4, 512, 35)}  # mixture: 35 epochs of 1,000 steps
 
 
-def build_parser():
-    p = Parser("Mao et al. 2017: least-squares GAN on torchvision datasets and a 2-D mixture.")
+def build_parser(p):
     g = p.add_argument_group("data")
     g.add_argument("--dataset", choices=DATASETS, default="cifar10",
                    help="cifar10 and the mnists download into --dataroot; others must be there")
     g.add_argument("--dataroot", default="./data", help="where the dataset is (or downloads to)")
     g.add_argument("--classes", default="bedroom", help="LSUN categories, comma separated")
-    g.add_argument("--workers", type=count, default=min(8, os.cpu_count() or 1),
+    g.add_argument("--workers", type=number(int, 0), default=min(8, os.cpu_count() or 1),
                    help="processes that decode folder datasets and lsun (default: CPUs, up to 8)")
     g.add_argument("--cache", action=argparse.BooleanOptionalAction, default=True,
-                   help="folder datasets and lsun: decode once into a uint8 file at the training "
-                   "size and read that afterwards (--no-cache: decode every epoch)")
+                   help="folder datasets and lsun: decode once into a uint8 file beside the data, "
+                   "at the training size, and read that afterwards (--no-cache: every epoch)")
     g = p.add_argument_group("loss")
     g.add_argument("--loss", choices=["ls", "bce"], default="ls",
                    help="least squares (Eq. 2) or the regular GAN loss")
@@ -87,24 +84,23 @@ def build_parser():
                    help="dcgan.py's network, or the paper's scene network (Fig. 3)")
     g.add_argument("--image-size", type=int, default=64, help=f"dcgan: {IMAGE_SIZES['dcgan']}; "
                    f"lsgan: {IMAGE_SIZES['lsgan']} (paper: 112)")
-    g.add_argument("--nz", type=positive_int, help="size of z [100 dcgan, 1024 lsgan, 256 mixture]")
-    g.add_argument("--ngf", type=positive_int, default=64, help="dcgan: G's channels, last block")
-    g.add_argument("--ndf", type=positive_int, default=64, help="dcgan: D's channels, first block")
-    g.add_argument("--score-std", type=positive_float, help="std of D's initial score layer "
+    g.add_argument("--nz", type=number(int, 1), help="size of z [100 dcgan, 1024 lsgan, 256 "
+                   "mixture]")
+    g.add_argument("--ngf", type=number(int, 1), default=64, help="dcgan: G's channels, last block")
+    g.add_argument("--ndf", type=number(int, 1), default=64, help="dcgan: D's channels, 1st block")
+    g.add_argument("--score-std", type=number(float, 0), help="std of D's initial score layer "
                    "[0.002 for --loss ls on --arch dcgan, a deviation; else 0.02, as DCGAN]")
-    g.add_argument("--mixture-protocol", choices=["authors", "alternating"], default="authors",
-                   help="mixture8: the authors' script (radius 1, sigma 0.01, orthogonal init, "
-                   "simultaneous updates) or this script's earlier one (section 4.3 below)")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=positive_int, help="passes over the data [5; mixture: 35 of "
-                   "1,000 steps, the authors'; alternating: 10]")
-    g.add_argument("--batch-size", type=positive_int,
+    g.add_argument("--epochs", type=number(int, 1), help="passes over the data [5; mixture: 35 "
+                   "of 1,000 steps, the authors']")
+    g.add_argument("--batch-size", type=number(int, 1),
                    help="per step, over all processes [128 dcgan, 64 lsgan, 512 mixture]")
-    g.add_argument("--lr", type=positive_float, help="Adam's rate for G, and D [2e-4 dcgan, "
+    g.add_argument("--lr", type=number(float, 0), help="Adam's rate for G, and D [2e-4 dcgan, "
                    "1e-3 lsgan and mixture]")
-    g.add_argument("--lr-d", type=positive_float, help="D's rate where it differs [mixture: 1e-4]")
-    g.add_argument("--beta1", type=probability, default=0.5, help="Adam's beta1 (paper: 0.5)")
-    g.add_argument("--beta2", type=probability, default=0.999, help="Adam's beta2 (paper: default)")
+    g.add_argument("--lr-d", type=number(float, 0), help="D's rate where it differs [mixture: "
+                   "1e-4]")
+    g.add_argument("--beta1", type=number(float, 0, 1), default=0.5, help="Adam's (paper: 0.5)")
+    g.add_argument("--beta2", type=number(float, 0, 1), default=0.999, help="Adam's beta2")
     g = p.add_argument_group("speed")
     g.add_argument("--amp", action="store_true",
                    help="autocast to bfloat16 (float16 + GradScaler on GPUs without bf16)")
@@ -112,21 +108,22 @@ def build_parser():
                    help="NHWC images and weights (default: on for the CPU, off elsewhere)")
     g.add_argument("--compile", action="store_true", help="torch.compile G and D")
     g.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=True,
-                   help="under torchrun, BatchNorm over the global batch, not each process's share")
+                   help="under torchrun on CUDA, nn.SyncBatchNorm over the global batch (on the "
+                   "CPU, gloo: each process normalises its own share)")
     g = p.add_argument_group("run")
     g.add_argument("--output-dir", default=os.path.join("output", SCRIPT))
     g.add_argument("--seed", type=int, default=1, help="seeds torch")
     g.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
                    help="auto: cuda, then mps, then cpu")
-    g.add_argument("--log-every", type=positive_int, default=50, help="iterations a log line")
+    g.add_argument("--log-every", type=number(int, 1), default=50, help="iterations a log line")
     g.add_argument("--dry-run", action="store_true", help="2 iterations of <= 8, every output")
     g.add_argument("--resume", action="store_true", help="continue <output-dir>/checkpoint.pt")
-    g.add_argument("--snapshot-every", type=count, default=1, metavar="K",
-                   help="keep G's weights every K epochs in <output-dir>/snapshots/ (0: never)")
-    g.add_argument("--epoch", type=positive_int, metavar="K",
-                   help="--generate, --interpolate: use the snapshot of epoch K")
-    g.add_argument("--generate", type=positive_int, metavar="N",
-                   help="write N images from the checkpoint to <output-dir>/samples/")
+    g.add_argument("--snapshot-every", type=number(int, 1), default=1, metavar="K",
+                   help="keep G's weights every K epochs in <output-dir>/snapshots/")
+    g.add_argument("--epoch", type=number(int, 1), metavar="K",
+                   help="--generate, --interpolate: from the snapshot of epoch K")
+    g.add_argument("--generate", type=number(int, 1), metavar="N",
+                   help="write N images (mixture8: points) to <output-dir>/samples")
     g.add_argument("--interpolate", action="store_true",
                    help="write section 6.1's latent walk from the checkpoint")
     g.add_argument("--lerp", action="store_true", help="--interpolate on straight lines (the "
@@ -261,9 +258,9 @@ def g_loss(scores, target, loss="ls"):
 
 # ---- one iteration ----
 
-def train_step(G, D, opt_G, opt_D, x, z, amp, targets=(0.0, 1.0, 1.0), loss="ls"):
-    """One D-step, then one G-step. x: real images, z: noise for as many; targets: (a, b, c) of
-    Eq. 2 ((0, 1, 1) for bce). Returns (loss_D, loss_G, D(x), D(G(z))) on the device."""
+def train_step(G, D, opt_G, opt_D, x, z, amp=False, targets=(0.0, 1.0, 1.0), loss="ls"):
+    """One D-step, then one G-step. x: real images, z: noise for as many; amp: bfloat16 autocast;
+    targets: (a, b, c) of Eq. 2 ((0, 1, 1) for bce). Returns (loss_D, loss_G, D(x), D(G(z)))."""
     a, b, c = targets
     # (1) D: the real and the generated batch in separate passes, so that each BatchNorm normalises
     # a pure batch, as in the authors' code; like theirs, each is backpropagated before the next
@@ -271,29 +268,49 @@ def train_step(G, D, opt_G, opt_D, x, z, amp, targets=(0.0, 1.0, 1.0), loss="ls"
     # and reduced once, after the second backward.
     opt_D.zero_grad(set_to_none=True)
     with no_sync(D):
-        with amp.autocast():
+        with autocast(x, amp):
             real_scores = D(x).float()
             loss_real = d_loss(real_scores, b, loss)
-        amp.backward(loss_real)
-    with amp.autocast():
+        loss_real.backward()
+    with autocast(x, amp):
         fake = G(z)
         fake_scores = D(fake.detach()).float()
         loss_fake = d_loss(fake_scores, a, loss)
-    amp.backward(loss_fake)
-    amp.step(opt_D)
+    loss_fake.backward()
+    opt_D.step()
     # (2) G: through the updated D, whose weights need no gradients here. D is in training mode in
     # all three passes, so each updates its BatchNorm running statistics: they average two generated
     # batches to one real one. Nothing here runs D in eval mode; anything that did would normalise
     # with that mix.
-    with frozen(D) as D_local, amp.autocast():
+    with frozen(D) as D_local, autocast(x, amp):
         loss_g = g_loss(D_local(fake).float(), c, loss)
     opt_G.zero_grad(set_to_none=True)
-    amp.backward(loss_g)
-    amp.step(opt_G)
-    # Logged as D(x) and D(G(z)): probabilities for bce, the raw scores for ls (compare with b, a).
-    squash = torch.sigmoid if loss == "bce" else (lambda scores: scores)
-    d_x, d_g_z = squash(real_scores).mean(), squash(fake_scores).mean()
+    loss_g.backward()
+    opt_G.step()
+    d_x, d_g_z = logged(real_scores, loss), logged(fake_scores, loss)
     return torch.stack([loss_real + loss_fake, loss_g, d_x, d_g_z]).detach()
+
+
+def logged(scores, loss):
+    """D(x) and D(G(z)) as logged: probabilities for bce, the raw scores for ls (compare: b, a)."""
+    return (torch.sigmoid(scores) if loss == "bce" else scores).mean()
+
+
+@contextlib.contextmanager
+def frozen(D):
+    """D's weights need no gradients while G learns through D (their computation is skipped).
+    Under DDP, D's local module: nothing of D is reduced in that phase."""
+    D = getattr(D, "module", D)
+    D.requires_grad_(False)
+    try:
+        yield D
+    finally:
+        D.requires_grad_(True)
+
+
+def autocast(x, amp):
+    """--amp: autocast to bfloat16 where x lives (bf16 needs no loss scaling); else float32."""
+    return torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp)
 
 
 def sample(G, z):
@@ -309,7 +326,7 @@ def sample(G, z):
 
 
 # ---- run plumbing: the same in every script ----
-# Options, checkpoints, the log line, signals, errors. tests/test_plumbing.py fails when this block
+# Errors, options, checkpoints, the log line, signals. tests/test_plumbing.py fails when this block
 # differs between the scripts: change it in one, copy it to the others.
 
 def fail(message, status=2):
@@ -318,95 +335,74 @@ def fail(message, status=2):
     raise SystemExit(status)
 
 
-class Parser(argparse.ArgumentParser):
-    """No abbreviations (a mistyped option is an error, not another option); errors in one line."""
-
-    def __init__(self, description):
-        super().__init__(description=description, allow_abbrev=False,
-                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-
-    def error(self, message):
-        fail(message)
-
-
-def checked(cast, ok, expected):
-    """An argparse type: the text as a number for which ok() holds."""
+def number(cast, low, high=math.inf):
+    """An argparse type: cast(text) in [low, high)."""
     def parse(text):
-        try:
-            value = cast(text)
-        except ValueError:
-            value = math.nan
-        if not ok(value):
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        value = cast(text)  # not a number: argparse says "invalid int value"
+        if not low <= value < high:
+            raise argparse.ArgumentTypeError(f"expected a number in [{low}, {high}): {text}")
         return value
+    parse.__name__ = cast.__name__
     return parse
 
 
-positive_int = checked(int, lambda v: v > 0, "a positive integer")
-count = checked(int, lambda v: v >= 0, "an integer >= 0")
-positive_float = checked(float, lambda v: 0 < v < math.inf, "a number > 0")
-non_negative_float = checked(float, lambda v: 0 <= v < math.inf, "a finite number >= 0")
-probability = checked(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
-RENAMED = {"noise_size": "nz", "g_lr": "lr", "d_lr": "lr_d", "learning_rate": "lr",
-           "learning_rate_d": "lr_d"}  # older checkpoints' names of options
-
-
 def get_options(argv):
-    """Parse argv. --resume and the MODES load the checkpoint: options the command line leaves out
-    take its values, and those that shape the networks (MODEL_KEYS) must match it."""
-    parser = build_parser()
+    """No abbreviations; errors in one line. --resume and the MODES load the checkpoint: options
+    the command line leaves out take its values; those that shape the networks must match it."""
+    parser = build_parser(argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], allow_abbrev=False,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter))
+    parser.error = fail
     args, ckpt = parser.parse_args(argv), None
-    asked = [f"--{m.replace('_', '-')}" for m in ("resume", *MODES) if getattr(args, m)]
+    asked = [f"--{name}".replace("_", "-") for name in ("resume", *MODES) if getattr(args, name)]
     if len(asked) > 1:
         fail(f"{' and '.join(asked)} exclude each other")
-    if args.epoch is not None and not any(getattr(args, m) for m in MODES):
-        fail(f"--epoch picks the snapshot that {' or '.join(f'--{m}' for m in MODES)} draws from"
-             .replace("_", "-"))
+    if args.epoch is not None and asked in ([], ["--resume"]):
+        fail("--epoch K picks the snapshot that --generate or --interpolate draws from")
     path = os.path.join(args.output_dir, "checkpoint.pt")
     if asked:
-        ckpt = load_checkpoint(path)
-        saved = {RENAMED.get(k, k): v for k, v in ckpt["args"].items()}
-        args = parser.parse_args(argv, argparse.Namespace(
-            **{k: v for k, v in saved.items() if k not in RUN_KEYS}))
+        ckpt = load(path, "checkpoint")
+        saved = {k: v for k, v in ckpt["args"].items() if k not in RUN_KEYS}
+        args = parser.parse_args(argv, argparse.Namespace(**saved))
         for key in MODEL_KEYS:
-            if getattr(args, key) != saved.get(key):
-                fail(f"{path} was trained with --{key.replace('_', '-')} {saved.get(key)}, "
-                     f"not {getattr(args, key)}")
+            if getattr(args, key) != saved[key]:
+                fail(f"{path} was trained with --{key.replace('_', '-')} {saved[key]}, not "
+                     f"{getattr(args, key)}")
     elif os.path.exists(path):
         fail(f"{path} exists: continue that run with --resume, or choose another --output-dir")
     return settle(args), ckpt
 
 
-def load_checkpoint(path):
+def load(path, what):
+    """A checkpoint or snapshot of this script, with weights_only=True: loading never runs code."""
     if not os.path.isfile(path):
-        fail(f"no checkpoint at {path}: train first, or point --output-dir at the run")
+        fail(f"no {what} at {path} (--output-dir names the run)")
     try:
         with warnings.catch_warnings():  # torch warns before some refusals: the error says it all
             warnings.simplefilter("ignore")
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)  # never runs its code
+            saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:
-        fail(f"cannot read {path}: damaged, or not a checkpoint of these scripts (it is loaded "
-             "with weights_only=True: tensors and plain data only)")
-    if not isinstance(ckpt, dict) or "args" not in ckpt:
-        fail(f"{path} is not a checkpoint of these scripts")
-    if ckpt.get("script") != SCRIPT:
-        fail(f"{path} is a checkpoint of {ckpt.get('script')}.py, not {SCRIPT}.py")
-    return ckpt
+        saved = None
+    if not isinstance(saved, dict) or saved.get("script") != SCRIPT:
+        fail(f"cannot read {path}: damaged, or not a {what} of {SCRIPT}.py")
+    return saved
 
 
-def save_checkpoint(args, state):
-    """state, the options and torch's generators, written to a temporary file and renamed into
-    place: a crash mid-write never leaves a broken checkpoint."""
-    path = os.path.join(args.output_dir, "checkpoint.pt")
-    cuda = torch.cuda.get_rng_state() if torch.cuda.is_available() else []  # this process's GPU
-    torch.save({"script": SCRIPT, "torch_version": str(torch.__version__), "args": vars(args),
-                "rng": {"torch": torch.get_rng_state(), "cuda": cuda}, **state}, path + ".tmp")
+def save(state, path):
+    """Written under a temporary name and renamed into place: never half a file."""
+    torch.save({"script": SCRIPT, **state}, path + ".tmp")
     os.replace(path + ".tmp", path)
 
 
+def save_checkpoint(args, state):
+    cuda = torch.cuda.get_rng_state() if torch.cuda.is_available() else []  # this process's GPU
+    save({"torch_version": str(torch.__version__), "args": vars(args),
+          "rng": {"torch": torch.get_rng_state(), "cuda": cuda}, **state},
+         os.path.join(args.output_dir, "checkpoint.pt"))
+
+
 def restore(ckpt, **parts):
-    """Load each module or optimizer from ckpt[name], then torch's generators (the only ones the
-    scripts draw from; older checkpoints also hold Python's and NumPy's, which are ignored)."""
+    """Each module and optimizer from ckpt[name], then torch's generators (the only ones used)."""
     for name, part in parts.items():
         part.load_state_dict(ckpt[name])
         for param, state in getattr(part, "state", {}).items():  # an optimizer: its state takes
@@ -414,124 +410,69 @@ def restore(ckpt, **parts):
                 if value.shape == param.shape:
                     state[key] = torch.empty_like(param).copy_(value)
     torch.set_rng_state(ckpt["rng"]["torch"])
-    cuda = ckpt["rng"]["cuda"]  # older checkpoints: a list, one per GPU
-    if len(cuda) and torch.cuda.is_available():
-        torch.cuda.set_rng_state(cuda[0] if isinstance(cuda, list) else cuda)
+    if len(ckpt["rng"]["cuda"]) and torch.cuda.is_available():
+        torch.cuda.set_rng_state(ckpt["rng"]["cuda"])
 
 
-def save_snapshot(args, epoch, **weights):
-    """Every --snapshot-every epochs, G's weights (and the average's, where there is one) in
-    <output-dir>/snapshots/epoch_NNN.pt: small, weights only, for --epoch K; not a resume point."""
-    if not args.snapshot_every or epoch % args.snapshot_every:
-        return
-    folder = os.path.join(args.output_dir, "snapshots")
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, f"epoch_{epoch:03d}.pt")
-    torch.save({"script": SCRIPT, "epoch": epoch, **weights}, path + ".tmp")
-    os.replace(path + ".tmp", path)
-
-
-def chosen_weights(args, ckpt):
-    """What the sampling modes load: the checkpoint's weights, or with --epoch K epoch K's."""
-    if args.epoch is None:
-        return ckpt
-    folder = os.path.join(args.output_dir, "snapshots")
-    path = os.path.join(folder, f"epoch_{args.epoch:03d}.pt")
-    if not os.path.isfile(path):
-        names = os.listdir(folder) if os.path.isdir(folder) else []
-        kept = sorted(int(n[6:-3]) for n in names if n[6:-3].isdigit() and n.endswith(".pt"))
-        fail(f"no snapshot of epoch {args.epoch} in {folder} (kept: "
-             f"{', '.join(map(str, kept)) or 'none'}; --snapshot-every sets how often)")
-    try:
-        snapshot = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        fail(f"cannot read {path}: damaged, or not a snapshot of these scripts")
-    if not isinstance(snapshot, dict) or snapshot.get("script") != SCRIPT:
-        fail(f"{path} is not a snapshot of {SCRIPT}.py")
-    return snapshot
-
-
-def make_output_dir(path):
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as e:
-        fail(f"cannot create --output-dir {path}: {e.strerror}")
-    if not os.access(path, os.W_OK):
-        fail(f"cannot write to --output-dir {path}")
-    return path
+def snapshot(args, epoch, **weights):
+    """<output-dir>/snapshots/epoch_NNN.pt, G's weights (and the average's) for --epoch K: saved
+    every --snapshot-every epochs when weights are given, else loaded."""
+    path = os.path.join(args.output_dir, "snapshots", f"epoch_{epoch:03d}.pt")
+    if not weights:
+        return load(path, "snapshot")
+    if epoch % args.snapshot_every == 0:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        save({"epoch": epoch, **weights}, path)
 
 
 def pick_device(name):
     ok = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
-    name = next(d for d in ("cuda", "mps", "cpu") if ok[d]) if name == "auto" else name
+    name = next(d for d in ok if ok[d]) if name == "auto" else name
     if not ok[name]:
         fail(f"--device {name}: not available on this machine")
     return torch.device(name)
 
 
-@contextlib.contextmanager
-def frozen(D):
-    """D's weights need no gradients while G learns through D (their computation is skipped).
-    Under DDP, D's local module: nothing of D is reduced in that phase."""
-    D = getattr(D, "module", D)
-    D.requires_grad_(False)
-    try:
-        yield D
-    finally:
-        D.requires_grad_(True)
-
-
 class Progress:
-    """The log line. add() sums each step's (loss_D, loss_G, D(x), D(G(z))) on the device; line()
-    reads their means (the loop's one host read: it waits for the device), stops on a NaN, prints,
-    and writes a CSV row (path None: no file). Resumed, rows past `iteration` are dropped."""
+    """The log line and log.csv. add() sums each step's (loss_D, loss_G, D(x), D(G(z))) on the
+    device; line() reads their means (the loop's one host read), stops on a NaN, prints, writes a
+    row (path None: no file). A resumed run drops the rows past its checkpoint's iteration."""
 
-    def __init__(self, path, total, iteration, elapsed, resumed, unit="img", columns=(),
-                 say=print, reduce=lambda sums: sums):
-        self.total, self.before, self.elapsed, self.unit = total, elapsed, elapsed, unit
-        self.say = say
-        self.reduce, self.sums, self.steps, self.samples, self.path = reduce, 0, 0, 0, path
+    def __init__(self, path, total, iteration, elapsed, say=print, mean=torch.as_tensor):
+        self.path, self.total, self.say, self.mean = path, total, say, mean
+        self.before, self.elapsed, self.sums, self.steps, self.samples = elapsed, elapsed, 0, 0, 0
         self.start = self.tick = time.perf_counter()
         if path:
-            rows = []
-            if resumed and os.path.exists(path):
-                with open(path, newline="") as f:
-                    rows = [r for r in list(csv.reader(f))[1:] if r and int(r[1]) <= iteration]
-            header = ["epoch", "iteration", "loss_d", "loss_g", "d_x", "d_g_z", "samples_per_s",
-                      "elapsed_s", *columns]
+            with open(path, "a+", newline="") as f:
+                f.seek(0)
+                rows = [row for row in list(csv.reader(f))[1:] if int(row[1]) <= iteration]
             with open(path, "w", newline="") as f:
-                csv.writer(f).writerows([header] + rows)
+                csv.writer(f).writerows([["epoch", "iteration", "loss_d", "loss_g", "d_x", "d_g_z",
+                                          "samples_per_s", "elapsed_s"]] + rows)
 
     def add(self, stats, samples):
         self.sums, self.steps = self.sums + stats, self.steps + 1
         self.samples += samples
 
-    def line(self, epoch, iteration, where, extra=(), note=""):
+    def line(self, epoch, iteration, where, unit="img"):
         now = time.perf_counter()
-        self.elapsed = self.before + now - self.start
-        loss_d, loss_g, d_x, d_g_z = (self.reduce(self.sums) / self.steps).tolist()  # host read
-        if not (math.isfinite(loss_d) and math.isfinite(loss_g)):
-            fail(f"training diverged: loss is {loss_d} (D), {loss_g} (G) by iteration {iteration}; "
-                 "the last good checkpoint is kept", 1)
-        rate = self.samples / (now - self.tick)
+        self.elapsed, rate = self.before + now - self.start, self.samples / (now - self.tick)
+        values = self.mean(self.sums / self.steps).tolist() + [rate, self.elapsed]  # host read
+        if not all(map(math.isfinite, values[:2])):
+            fail(f"training diverged: loss is {values[0]} (D), {values[1]} (G) by iteration "
+                 f"{iteration}; the last good checkpoint is kept", 1)
         if self.path:  # opened per row: nothing held open, nothing half-written on a crash
-            values = (loss_d, loss_g, d_x, d_g_z, rate, self.elapsed, *extra)
             with open(self.path, "a", newline="") as f:
                 csv.writer(f).writerow([epoch, iteration] + [f"{v:.6g}" for v in values])
-        left = eta((self.total - iteration) * (now - self.tick) / self.steps)
-        self.say(f"{where}  loss_D {loss_d:.3f}  loss_G {loss_g:.3f}  D(x) {d_x:.3f}  D(G(z)) "
-                 f"{d_g_z:.3f}{note}  {rate:,.0f} {self.unit}/s  ETA {left}")
+        left = int((self.total - iteration) * (now - self.tick) / self.steps)
+        self.say(f"{where}  loss_D {values[0]:.3f}  loss_G {values[1]:.3f}  D(x) {values[2]:.3f}  "
+                 f"D(G(z)) {values[3]:.3f}  {rate:,.0f} {unit}/s  ETA {left // 60}:{left % 60:02d}")
         self.sums, self.steps, self.samples, self.tick = 0, 0, 0, now
 
 
-def eta(seconds):
-    s = int(seconds)
-    return f"{s // 3600}h{s // 60 % 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
-
-
 class StopOnSignal:
-    """Ctrl-C or SIGTERM: `requested` is set, and the loop checkpoints after this step and calls
-    exit(), status 130. A second signal stops at once, keeping the last checkpoint."""
+    """Ctrl-C or SIGTERM sets `requested`: the loop checkpoints after this step and calls exit()
+    (status 130). A second signal stops at once, keeping the last checkpoint."""
 
     def __enter__(self):
         self.requested = False
@@ -542,8 +483,7 @@ class StopOnSignal:
         if self.requested:
             fail("interrupted twice: stopped without a new checkpoint (the last one is kept)", 130)
         self.requested = True
-        print(f"\n{SCRIPT}: {signal.Signals(signum).name}: stopping after this step (again to stop "
-              "now)", file=sys.stderr, flush=True)
+        print(f"\n{SCRIPT}: stopping after this step (again to stop now)", file=sys.stderr)
 
     def exit(self, args, where, say=print):
         say(f"{SCRIPT}: stopped at {where}; checkpoint saved. Resume with:\n"
@@ -558,7 +498,10 @@ class StopOnSignal:
 def main(argv=None):
     args, ckpt = get_options(argv)
     mode = next((m for m in MODES if getattr(args, m)), None)
-    (MODES[mode] if mode else train)(args, ckpt)
+    try:
+        (MODES[mode] if mode else train)(args, ckpt)
+    except OSError as e:  # an --output-dir that cannot be made or written, a full disk: one line
+        fail(f"{e.filename}: {e.strerror}")
 
 
 # ---- this script's run: the loop, its data, several processes, samples ----
@@ -572,8 +515,6 @@ MODEL_KEYS = ("dataset", "classes", "arch", "image_size", "nz", "ngf", "ndf")
 def settle(args):
     nz, lr, lr_d, batch_size, epochs = DEFAULTS[
         "mixture8" if args.dataset == "mixture8" else args.arch]
-    if args.dataset == "mixture8":
-        epochs = MIXTURE_PROTOCOLS[args.mixture_protocol][2]
     args.nz, args.lr, args.epochs = args.nz or nz, args.lr or lr, args.epochs or epochs
     args.batch_size, args.lr_d = args.batch_size or batch_size, args.lr_d or lr_d or args.lr
     if args.score_std is None:
@@ -592,38 +533,15 @@ def no_sync(D):
     return getattr(D, "no_sync", contextlib.nullcontext)()
 
 
-class Amp:
-    """--amp: autocast to bfloat16; where the GPU lacks bf16, float16 with a GradScaler (fp16's
-    range needs loss scaling, bf16's does not). Without --amp, plain float32."""
-
-    def __init__(self, enabled, device):
-        self.enabled, self.device_type = enabled, device.type
-        fp16 = enabled and device.type == "cuda" and not torch.cuda.is_bf16_supported()
-        self.dtype = torch.float16 if fp16 else torch.bfloat16
-        self.scaler = torch.amp.GradScaler(device.type, enabled=fp16)
-
-    def autocast(self):
-        return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.enabled)
-
-    def backward(self, loss):
-        self.scaler.scale(loss).backward()
-
-    def step(self, optimizer):
-        self.scaler.step(optimizer)
-        self.scaler.update()
-
-
 def train(args, ckpt):
     if args.dataset == "mixture8":
         return train_mixture(args, ckpt)
     world = World(args.device)
     device = world.device
-    if args.channels_last is None:
-        # On the CPU NHWC is the default: oneDNN's convolutions run faster on it and the run peaks
-        # lower (README.md). Elsewhere opt-in.
+    if args.channels_last is None:  # NHWC on the CPU: oneDNN's convolutions run faster on it
         args.channels_last = device.type == "cpu"
     torch.manual_seed(args.seed)
-    data = load_data(args, device)
+    data = load_data(args, device, world)
     if args.batch_size % world.size:
         fail(f"--batch-size {args.batch_size} is not divisible by the {world.size} processes")
     iterations = data.size // args.batch_size  # per epoch; the last partial batch is dropped
@@ -631,42 +549,25 @@ def train(args, ckpt):
         fail(f"{data.size} training images are fewer than --batch-size {args.batch_size}")
     G, D, opt_G, opt_D = build(args, data.channels, device)
     fixed_noise = torch.randn(64, args.nz, device=device)  # the per-epoch grids use these z
-    iteration, elapsed = 0, 0.0
+    iteration, elapsed, targets = 0, 0.0, eq2_targets(args)
     if ckpt:
         restore(ckpt, G=G, D=D, opt_G=opt_G, opt_D=opt_D)
-        fixed_noise, iteration, elapsed = ckpt["fixed_noise"].to(device), ckpt["iteration"], \
-            ckpt["elapsed_s"]
-    if world.size > 1 and args.sync_bn:
-        for module in (*G.modules(), *D.modules()):
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.__class__ = GlobalBatchNorm  # same parameters and buffers, global statistics
-    G_step, D_step = (torch.compile(G), torch.compile(D)) if args.compile else (G, D)
-    if world.size > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-        ids = [device.index] if device.type == "cuda" else None
-        G_step, D_step = DDP(G_step, device_ids=ids), DDP(D_step, device_ids=ids)
-    amp = Amp(args.amp, device)
-    targets = eq2_targets(args)
-    if args.compile:
-        world.say(f"{SCRIPT}: torch.compile: G and D compile during the first steps")
-    if args.amp:
-        scaler = " with a GradScaler" if amp.scaler.is_enabled() else ""
-        world.say(f"{SCRIPT}: autocast to {amp.dtype}{scaler}")
-    if args.channels_last:
-        world.say(f"{SCRIPT}: channels-last memory layout")
+        fixed_noise, iteration = ckpt["fixed_noise"].to(device), ckpt["iteration"]
+        elapsed = ckpt["elapsed_s"]
+    G_step, D_step = world.wrap(G, args), world.wrap(D, args)
     out, total = args.output_dir, args.epochs * iterations
     if world.rank == 0:  # process 0 alone writes
-        make_output_dir(out)
+        os.makedirs(out, exist_ok=True)
         save_grid(data.real_sample(64), os.path.join(out, "real.png"))
     progress = Progress(os.path.join(out, "log.csv") if world.rank == 0 else None, total,
-                        iteration, elapsed, bool(ckpt), say=world.say, reduce=world.mean)
+                        iteration, elapsed, world.say, world.mean)
     last = min(total, iteration + 2) if args.dry_run else total
-    log_every, first, stopping = (1 if args.dry_run else args.log_every), iteration, False
-    over = f" over {world.size} processes" if world.size > 1 else ""
+    log_every, first, stopping = 1 if args.dry_run else args.log_every, iteration, False
+    speed = ["autocast to bfloat16"] * args.amp + ["channels-last memory layout"] * \
+        args.channels_last + ["torch.compile (G and D compile in the first steps)"] * args.compile
     world.say(f"{SCRIPT}: {vars(args)}\n{SCRIPT}: {data.size} images, {iterations} iterations of "
-              f"{args.batch_size} per epoch{over}; "
-              f"{'resuming at' if ckpt else 'starting at'} iteration {iteration} of {total} on "
-              f"{device}")
+              f"{args.batch_size} per epoch, {world.size} process(es) on {device}; "
+              f"{', '.join(speed) or 'float32'}; from iteration {iteration} of {total}")
     with StopOnSignal() as stop:
         while iteration < last:
             epoch, step = divmod(iteration, iterations)
@@ -676,7 +577,7 @@ def train(args, ckpt):
                 # Every process draws the global batch's z from the same stream and keeps its
                 # share: N processes use the z that one process would.
                 z = torch.randn(args.batch_size, args.nz, device=device)[world.rank::world.size]
-                stats = train_step(G_step, D_step, opt_G, opt_D, x, z, amp, targets, args.loss)
+                stats = train_step(G_step, D_step, opt_G, opt_D, x, z, args.amp, targets, args.loss)
                 progress.add(stats, args.batch_size)
                 iteration, step = iteration + 1, step + 1
                 stopping = world.agree(stop.requested)
@@ -693,7 +594,7 @@ def train(args, ckpt):
                     "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(),
                     "fixed_noise": fixed_noise.cpu()})
                 if iteration % iterations == 0:  # a whole epoch
-                    save_snapshot(args, iteration // iterations, G=G.state_dict())
+                    snapshot(args, iteration // iterations, G=G.state_dict())
             if stopping:
                 stop.exit(args, f"iteration {iteration}", world.say)
     if world.rank == 0:
@@ -736,7 +637,7 @@ def load_generator(args, ckpt):
     device = pick_device(args.device)
     torch.manual_seed(args.seed)
     G = networks(args, channels_of(args.dataset))[0].to(device)
-    G.load_state_dict(chosen_weights(args, ckpt)["G"])
+    G.load_state_dict((snapshot(args, args.epoch) if args.epoch else ckpt)["G"])
     return G, device
 
 
@@ -749,8 +650,8 @@ def generate(args, ckpt):
     for old in glob.glob(os.path.join(folder, "[0-9]*.png")):  # an earlier, maybe larger, set
         os.remove(old)
     for start in range(0, args.generate, 500):
-        save_images(sample(G, torch.randn(min(500, args.generate - start), args.nz,
-                                          device=device)), folder, start)
+        z = torch.randn(min(500, args.generate - start), args.nz, device=device)
+        save_images(sample(G, z), folder, start)
     print(f"{SCRIPT}: wrote {args.generate} images to {folder}")
 
 
@@ -795,11 +696,23 @@ class World:
         self.device = pick_device(device_name)
         if self.size > 1:
             if self.device.type == "cuda":  # one GPU per process
-                self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+                self.device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
                 torch.cuda.set_device(self.device)
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
             atexit.register(dist.destroy_process_group)
             self.flags = dist.new_group(backend="gloo")  # a CPU group for the per-step stop flag
+
+    def wrap(self, net, args):
+        """What the step trains through: torch.compile'd (--compile); under torchrun, DDP, with
+        nn.SyncBatchNorm on CUDA (--sync-bn; the same parameters and buffers, converted in place).
+        On the CPU (gloo) each process's BatchNorm normalises its own share of the batch."""
+        if self.size > 1 and self.device.type == "cuda" and args.sync_bn:
+            nn.SyncBatchNorm.convert_sync_batchnorm(net)
+        net = torch.compile(net) if args.compile else net
+        if self.size > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            net = torch.nn.parallel.DistributedDataParallel(net, device_ids=ids)
+        return net
 
     def say(self, text):
         if self.rank == 0:
@@ -820,30 +733,9 @@ class World:
             tensor /= self.size
         return tensor
 
-
-class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
-    """BatchNorm (1d or 2d) whose training statistics are the global batch's: each process's sums
-    are all-reduced, differentiably, so that N processes normalise as one process would. (PyTorch's
-    SyncBatchNorm does this on GPUs only; this runs on every backend, gloo included.)"""
-
-    def _check_input_dim(self, x):
-        pass
-
-    def forward(self, x):
-        if not (self.training and dist.is_initialized()):
-            return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce  # sums; backward sums gradients
-        dims, shape = [0, *range(2, x.dim())], [1, -1, *[1] * (x.dim() - 2)]
-        n = x.numel() // x.shape[1] * dist.get_world_size()  # equal shares: global batch // N
-        xf = x.float()
-        mean = all_reduce(xf.sum(dims)) / n
-        var = all_reduce((xf - mean.view(shape)).square().sum(dims)) / n  # biased, as BatchNorm
-        with torch.no_grad():  # running statistics: unbiased variance, as BatchNorm keeps
-            self.running_mean.lerp_(mean, self.momentum)
-            self.running_var.lerp_(var * n / max(n - 1, 1), self.momentum)
-            self.num_batches_tracked += 1
-        y = (xf - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
-        return (y * self.weight.view(shape) + self.bias.view(shape)).to(x.dtype)
+    def barrier(self):
+        if self.size > 1:
+            dist.barrier()
 
 
 # ---- data ----
@@ -856,11 +748,12 @@ class Data:
     """The training images, handed out as batches in [-1, 1] on the device, in an order that is a
     function of (seed, epoch) alone, so that a resumed run continues exactly where it stopped.
     Under torchrun each process takes every world.size-th image of each global batch, so the same
-    global batches are seen whatever the number of processes."""
+    global batches are seen whatever the number of processes. images: uint8 (N, C, H, W), on the
+    device or memory-mapped; dataset: decoded every epoch; neither: --dataset fake."""
 
     def __init__(self, args, device, size, channels, images=None, dataset=None):
         self.args, self.device, self.size, self.channels = args, device, size, channels
-        self.images, self.dataset = images, dataset   # a uint8 tensor on the device, or a Dataset
+        self.images, self.dataset = images, dataset
 
     def batches(self, epoch, step, batch_size, world):
         iterations, size = self.size // batch_size, self.args.image_size
@@ -874,36 +767,33 @@ class Data:
         order = torch.randperm(self.size, generator=g)
         take = [order[i * batch_size:(i + 1) * batch_size][world.rank::world.size]
                 for i in range(step, iterations)]
-        if self.images is not None:  # on the device, or a memory-mapped cache on the CPU
-            for index in take:
-                images = self.images[index.to(self.images.device)]
-                if images.device != self.device:
-                    images = images.pin_memory() if self.device.type == "cuda" else images
-                yield self.resize(to_model(images.to(self.device, non_blocking=True)))
+        if self.images is None:  # --no-cache: workers decode this epoch's images
+            loader = decoder(self.dataset, self.args.workers, self.device,
+                             batch_sampler=[t.tolist() for t in take])
+            for batch in loader:
+                yield to_model(batch.to(self.device, non_blocking=True))
             return
-        # --no-cache: workers for this epoch. Persistent ones measured no faster (README.md) and
-        # would hang the exit: workers ignore SIGTERM, multiprocessing stops them with it at exit.
-        loader = decoder(self.dataset, self.args.workers, self.device,
-                         batch_sampler=[t.tolist() for t in take])
-        for batch in loader:
-            yield to_model(batch.to(self.device, non_blocking=True))
-
-    def resize(self, images):
-        """In-memory datasets come at their size (28 or 32): resized on the device, per batch."""
-        size = self.args.image_size
-        if images.shape[-1] == size:
-            return images
-        return F.interpolate(images, size=(size, size), mode="bilinear", antialias=True,
-                             align_corners=False)
+        for index in take:
+            images = self.images[index.to(self.images.device)]
+            if images.device != self.device and self.device.type == "cuda":
+                images = images.pin_memory()
+            yield resize(to_model(images.to(self.device, non_blocking=True)), size)
 
     def real_sample(self, n):
-        if self.args.dataset == "fake":
-            size, g = self.args.image_size, torch.Generator().manual_seed(0)
-            return to_model(torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8,
-                                          generator=g))
         if self.images is not None:
-            return self.resize(to_model(self.images[:n]))
-        return to_model(torch.stack([self.dataset[i][0] for i in range(min(n, self.size))]))
+            return resize(to_model(self.images[:n]), self.args.image_size)
+        if self.dataset is not None:
+            return to_model(torch.stack([self.dataset[i][0] for i in range(min(n, self.size))]))
+        size, g = self.args.image_size, torch.Generator().manual_seed(0)
+        return to_model(torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g))
+
+
+def resize(images, size):
+    """In-memory datasets come at their size (28 or 32): resized on the device, per batch."""
+    if images.shape[-1] == size:
+        return images
+    return F.interpolate(images, size=(size, size), mode="bilinear", antialias=True,
+                         align_corners=False)
 
 
 def to_model(images):
@@ -911,92 +801,85 @@ def to_model(images):
     return images.float().div(127.5).sub(1)
 
 
-def stack_images(items):
-    return torch.stack([image for image, _ in items])
-
-
-def decoder(dataset, workers, device, **batching):
-    """A DataLoader of uint8 image batches, decoded by `workers` processes."""
-    from torch.utils.data import DataLoader
-    if workers and hasattr(dataset, "close"):
-        dataset.close()  # LSUN: the main process's lmdb environments
-    return DataLoader(dataset, num_workers=workers, pin_memory=device.type == "cuda",
-                      worker_init_fn=ignore_signals, collate_fn=stack_images,
-                      generator=torch.Generator(), **batching)  # not training's random stream
-
-
-def ignore_signals(worker_id):
-    """DataLoader workers leave Ctrl-C and SIGTERM to the main process, which stops them."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
-def load_data(args, device):
+def load_data(args, device, world):
     if args.dataset == "fake":
         return Data(args, device, FAKE_EPOCH, 3)
-    if args.dataset in ("mnist", "fashion-mnist"):
-        images = load_mnist(args)[:, None]                                 # (N, 1, 28, 28) uint8
-        return Data(args, device, len(images), 1, images=images.to(device))
-    if args.dataset == "cifar10":
-        from torchvision.datasets import CIFAR10
-        try:
-            data = CIFAR10(args.dataroot, train=True, download=not os.path.isdir(
-                os.path.join(args.dataroot, "cifar-10-batches-py"))).data      # (N, 32, 32, 3)
-        except Exception as e:
-            fail(f"cannot load cifar10 from {args.dataroot}/cifar-10-batches-py ({one_line(e)}); "
-                 "put the python version of CIFAR-10 there, or let torchvision download it")
-        images = torch.from_numpy(data).permute(0, 3, 1, 2).contiguous()      # (N, 3, 32, 32)
-        return Data(args, device, len(images), 3, images=images.to(device))
+    if args.dataset in ("mnist", "fashion-mnist", "cifar10"):
+        images = labelled(args)[0]                             # (N, C, 28 or 32, 28 or 32) uint8
+        return Data(args, device, len(images), images.shape[1], images=images.to(device))
     from torchvision import datasets, transforms
     size = args.image_size
     transform = transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size),
                                     transforms.PILToTensor()])
     if args.dataset == "lsun":
         # Deviation: no de-duplication (the paper's section 4.1.1 removes near-duplicates).
-        classes = [c if c.endswith(("_train", "_val")) else c + "_train"
-                   for c in args.classes.split(",") if c]
-        missing = [c for c in classes
-                   if not os.path.isdir(os.path.join(args.dataroot, c + "_lmdb"))]
-        if not classes or missing:
-            fail(f"LSUN: no {', '.join(c + '_lmdb' for c in missing or ['<class>_train'])} in "
-                 f"--dataroot {args.dataroot}; download with the LSUN project's download.py "
-                 "(github.com/fyu/lsun: python download.py -c bedroom), unzip into --dataroot so "
-                 "that it holds bedroom_train_lmdb/{data.mdb,lock.mdb}, and pass --classes bedroom")
-        try:
-            dataset = LsunLmdb([os.path.join(args.dataroot, c + "_lmdb") for c in classes],
-                               transform, args.output_dir)
-        except Exception as e:
-            fail(f"cannot read LSUN {','.join(classes)} in {args.dataroot} ({one_line(e)})")
+        paths = [os.path.join(args.dataroot, (c if c.endswith(("_train", "_val")) else c + "_train")
+                              + "_lmdb") for c in args.classes.split(",") if c]
+        if not paths or not all(map(os.path.isdir, paths)):
+            fail(f"LSUN: no {' or '.join(paths) or 'class'}: download with the LSUN project's "
+                 "download.py (github.com/fyu/lsun: python download.py -c bedroom), unzip into "
+                 "--dataroot (bedroom_train_lmdb/{data.mdb,lock.mdb}), pass --classes bedroom")
+        dataset = LsunLmdb(paths, transform)
     else:
-        layout = {"celeba": "<dataroot>/img_align_celeba/*.jpg (CelebA's aligned images)",
-                  "lfw": "<dataroot>/<person>/*.jpg (the lfw folder of the LFW archive)",
-                  "imagenet": "<dataroot>/<class>/*.JPEG (e.g. ILSVRC's train folder)",
-                  "folder": "<dataroot>/<any sub-folder>/<images>"}[args.dataset]
         try:
             dataset = datasets.ImageFolder(args.dataroot, transform=transform)
-        except Exception as e:
-            fail(f"{args.dataset}: no images in --dataroot {args.dataroot} ({one_line(e)}); "
-                 f"expected {layout}")
-    if len(dataset) == 0:
-        fail(f"{args.dataset}: no images in --dataroot {args.dataroot}")
+        except (OSError, FileNotFoundError) as e:
+            fail(f"{args.dataset}: no images in --dataroot {args.dataroot} ({e}); expected "
+                 f"{args.dataroot}/{LAYOUT[args.dataset]}")
     if not args.cache or args.dry_run:
         return Data(args, device, len(dataset), 3, dataset=dataset)
-    images = cached_images(args, dataset)                                 # (N, 3, size, size)
+    images = cached_images(args, dataset, world)                          # (N, 3, size, size)
     return Data(args, device, len(images), 3, images=images)
 
 
-def cached_images(args, dataset):
-    """Folder datasets and LSUN decoded once, at the training size, into one uint8 file
-    (N, 3, size, size) that later epochs and runs memory-map instead of decoding JPEGs again. Its
-    name hashes what its pixels depend on (the files' names, sizes and times, or LSUN's databases
-    and keys; the size; the crop), so a cache of other images or another size is never used. It is
-    written under a temporary name and renamed when complete; beside the data, else in --output-dir.
-    Under torchrun, the first process of each machine writes it and the others wait for it."""
+LAYOUT = {"celeba": "img_align_celeba/*.jpg (CelebA's aligned images)", "imagenet":
+          "<class>/*.JPEG (e.g. ILSVRC's train folder)", "lfw": "<person>/*.jpg (LFW's lfw folder)",
+          "folder": "<any sub-folder>/<images>"}
+
+
+def labelled(args, train=True):
+    """mnist, fashion-mnist or cifar10 through torchvision, which downloads it into --dataroot when
+    it is missing: uint8 images (N, C, H, W) and labels (N,)."""
+    from torchvision import datasets
+    name = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "cifar10": "CIFAR10"}[args.dataset]
+    try:
+        data = getattr(datasets, name)(args.dataroot, train=train, download=True)
+    except Exception as e:
+        fail(f"cannot load {args.dataset} into or from --dataroot {args.dataroot} "
+             f"({type(e).__name__}: {(str(e).splitlines() or [''])[0]})")
+    images = torch.as_tensor(data.data)
+    images = images[:, None] if images.dim() == 3 else images.permute(0, 3, 1, 2).contiguous()
+    return images, torch.as_tensor(data.targets)
+
+
+def decoder(dataset, workers, device, **batching):
+    """A DataLoader of uint8 image batches decoded by `workers` processes; they leave Ctrl-C and
+    SIGTERM to the main process, and their seed is drawn from a generator of their own."""
+    from torch.utils.data import DataLoader
+    if workers and isinstance(dataset, LsunLmdb):
+        dataset.close()  # lmdb refuses to open a path that the parent process holds open
+    return DataLoader(dataset, num_workers=workers, pin_memory=device.type == "cuda",
+                      worker_init_fn=ignore_signals, collate_fn=stack_images,
+                      generator=torch.Generator(), **batching)
+
+
+def ignore_signals(worker_id):
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def stack_images(items):
+    return torch.stack([image for image, _ in items])
+
+
+def cached_images(args, dataset, world):
+    """Folder datasets and LSUN decoded once, at the training size, into one uint8 file beside the
+    data, (N, 3, size, size), that later epochs and runs memory-map. Its name hashes what its pixels
+    depend on (the files' names, sizes and times, or LSUN's databases and keys; the size; the crop):
+    a cache of other images or of another size is never used. Written under a temporary name and
+    renamed when complete, by the first process of each machine while the others wait."""
     import hashlib
-    import json
-    import shutil
     import numpy as np
-    size = args.image_size
     if isinstance(dataset, LsunLmdb):
         listing = [(path, len(keys), keys[0].decode(), keys[-1].decode())
                    for path, keys in zip(dataset.paths, dataset.keys)]
@@ -1005,105 +888,57 @@ def cached_images(args, dataset):
         for path, _ in dataset.samples:
             info = os.stat(path)
             listing.append((os.path.relpath(path, args.dataroot), info.st_size, info.st_mtime_ns))
-    recipe = json.dumps([1, "resize, center crop, PIL", size, listing]).encode()
-    name = f"images_{size}px_{hashlib.sha256(recipe).hexdigest()[:16]}.u8"
-    shape, need = (len(dataset), 3, size, size), len(dataset) * 3 * size * size
-    folders = [args.dataroot, args.output_dir]
-
-    def existing():
-        for path in [os.path.join(folder, name) for folder in folders]:
-            if os.path.exists(path):
-                if os.path.getsize(path) != need:
-                    fail(f"the image cache {path} has {os.path.getsize(path)} bytes, not "
-                         f"{need}: damaged; delete it (it is made again) or pass --no-cache")
-                mapped = torch.from_file(path, shared=False, size=need, dtype=torch.uint8)
-                return mapped.view(shape)
-
-    images = existing()
-    while images is None and int(os.environ.get("LOCAL_RANK", "0")) != 0:
-        time.sleep(1)  # another process of this machine writes it
-        images = existing()
-    if images is not None:
-        return images
-    for folder in folders:
-        there = folder if os.path.isdir(folder) else os.path.dirname(os.path.abspath(folder))
+    recipe = json.dumps([1, "resize, center crop, PIL", args.image_size, listing]).encode()
+    name = f"images_{args.image_size}px_{hashlib.sha256(recipe).hexdigest()[:16]}.u8"
+    path, shape = os.path.join(args.dataroot, name), (len(dataset), 3, *[args.image_size] * 2)
+    if not os.path.exists(path) and os.environ.get("LOCAL_RANK", "0") == "0":
+        print(f"{SCRIPT}: decoding {len(dataset)} images once into {path}", flush=True)
         try:
-            free = shutil.disk_usage(there).free
-        except OSError:
-            continue
-        if os.access(there, os.W_OK) and free >= need + 2**28:
-            break
-    else:
-        fail(f"the image cache needs {need / 1e9:.2f} GB ({len(dataset)} images at {size}x{size}) "
-             f"and neither {' nor '.join(folders)} has that much free (and 256 MB to spare): "
-             "free some space, or pass --no-cache to decode the images every epoch")
-    path, start = os.path.join(folder, name), time.time()
-    print(f"{SCRIPT}: decoding {len(dataset)} images once into {path} ({need / 1e9:.2f} GB)",
-          flush=True)
-    loader = decoder(dataset, args.workers, torch.device("cpu"), batch_size=256)
-    try:
-        os.makedirs(folder, exist_ok=True)
-        cache, done = np.memmap(path + ".tmp", np.uint8, "w+", shape=shape), 0
-        for batch in loader:
-            cache[done:done + len(batch)] = batch.numpy()
-            done += len(batch)
-            if done // 256 % 40 == 0 or done == len(dataset):
-                print(f"{SCRIPT}: cached {done}/{len(dataset)} images "
-                      f"({done / (time.time() - start):.0f} img/s)", flush=True)
-        cache.flush()
-        del cache
-        os.replace(path + ".tmp", path)
-    except OSError as e:
-        fail(f"cannot write the image cache {path} ({one_line(e)}); pass --no-cache to decode the "
-             "images every epoch")
-    finally:
-        if os.path.exists(path + ".tmp"):
-            os.remove(path + ".tmp")
-    return existing()
+            cache, done = np.memmap(path + ".tmp", np.uint8, "w+", shape=shape), 0
+            for batch in decoder(dataset, args.workers, torch.device("cpu"), batch_size=256):
+                cache[done:done + len(batch)] = batch.numpy()
+                done += len(batch)
+            cache.flush()
+            os.replace(path + ".tmp", path)
+        except OSError as e:  # a read-only data folder, a full disk: nothing half-written is left
+            if os.path.exists(path + ".tmp"):
+                os.remove(path + ".tmp")
+            fail(f"cannot write the image cache {path} ({e.strerror}): pass --no-cache")
+    world.barrier()
+    if os.path.getsize(path) != math.prod(shape):
+        fail(f"the image cache {path} is damaged: delete it (it is made again) or pass --no-cache")
+    return torch.from_file(path, size=math.prod(shape), dtype=torch.uint8).view(shape)
 
 
 class LsunLmdb:
-    """LSUN's lmdb databases, read directly (not torchvision's LSUN, which lists every key on each
-    start and caches the list as a pickle named _cache_* in the current directory, unpickling
-    whatever file has that name: code planted there would run). Keys are listed once per database
-    and kept as plain text, <db>_keys.txt beside it (or under --output-dir when that folder is
-    read-only), checked against the database before use. Each worker opens its own lmdb
-    environment, so the dataset pickles to spawned workers (macOS, Windows)."""
+    """LSUN's lmdb databases, read directly: torchvision's LSUN unpickles a file named _cache_* in
+    the working directory (code planted there would run). Keys are listed once per database into a
+    plain-text <db>_keys.txt beside it, reused while it matches the database. Each worker opens its
+    own lmdb environment, so the dataset pickles to spawned workers (macOS, Windows)."""
 
-    def __init__(self, paths, transform, output_dir):
+    def __init__(self, paths, transform):
         import numpy as np
         self.paths, self.transform, self.envs = paths, transform, {}
-        self.keys = [np.array(self.list_keys(path, output_dir), dtype=bytes) for path in paths]
+        self.keys = [np.array(self.list_keys(path), dtype=bytes) for path in paths]
         self.ends = np.cumsum([len(k) for k in self.keys])
         self.close()
 
-    def list_keys(self, path, output_dir):
-        entries = self.env(path).stat()["entries"]
-        name = os.path.basename(os.path.normpath(path)) + "_keys.txt"
-        kept = [path.rstrip(os.sep) + "_keys.txt", os.path.join(output_dir, name)]
-        for file in kept:
+    def list_keys(self, path):
+        file = path.rstrip(os.sep) + "_keys.txt"
+        with self.env(path).begin() as txn:
             if os.path.isfile(file):
                 with open(file, "rb") as f:
                     keys = f.read().split()
-                with self.env(path).begin() as txn:  # a stale, cut or damaged list: again
-                    if len(keys) == entries and all(txn.get(k) for k in keys[:1] + keys[-1:]):
-                        return keys
-        with self.env(path).begin() as txn:
-            keys = [key for key, _ in txn.cursor()]  # bedroom's 3 million: minutes, once
-        for file in kept:
-            try:
-                os.makedirs(os.path.dirname(file) or ".", exist_ok=True)
-                with open(file + ".tmp", "wb") as f:
-                    f.write(b"\n".join(keys) + b"\n")
-                os.replace(file + ".tmp", file)
-                break
-            except OSError:
-                continue
+                if len(keys) == txn.stat()["entries"] and all(map(txn.get, keys[:1] + keys[-1:])):
+                    return keys  # else stale, cut or damaged: listed again
+            keys = list(txn.cursor().iternext(values=False))  # bedroom's 3 million: minutes, once
+        with open(file + ".tmp", "wb") as f:
+            f.write(b"\n".join(keys) + b"\n")
+        os.replace(file + ".tmp", file)
         return keys
 
     def env(self, path):
-        """This process's read-only environment for path, opened on first use: never pickled,
-        and closed before workers fork (lmdb forbids a second open of a path in one process)."""
+        """This process's read-only environment for path, opened on first use, never pickled."""
         if (os.getpid(), path) not in self.envs:
             import lmdb
             self.envs[os.getpid(), path] = lmdb.open(path, readonly=True, lock=False,
@@ -1111,7 +946,6 @@ class LsunLmdb:
         return self.envs[os.getpid(), path]
 
     def close(self):
-        """Before workers fork: lmdb refuses to open a path that the parent process holds open."""
         for key in [key for key in self.envs if key[0] == os.getpid()]:
             self.envs.pop(key).close()
 
@@ -1131,76 +965,48 @@ class LsunLmdb:
         return self.transform(image), 0
 
 
-def load_mnist(args):
-    """The training images (N, 28, 28) uint8, read from the idx file (or .gz) in
-    <dataroot>/<MNIST|FashionMNIST>/raw; torchvision downloads it there when it is missing."""
-    folder = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}[args.dataset]
-    path = os.path.join(args.dataroot, folder, "raw", "train-images-idx3-ubyte")
-    try:
-        if not (os.path.isfile(path) or os.path.isfile(path + ".gz")):
-            from torchvision import datasets
-            getattr(datasets, folder)(args.dataroot, train=True, download=True)
-        with open(path, "rb") if os.path.isfile(path) else gzip.open(path + ".gz") as f:
-            data = f.read()
-        magic, n, h, w = struct.unpack(">4I", data[:16])  # idx: 0x0803 = 3-d uint8, then sizes
-        assert magic == 0x803 and len(data) == 16 + n * h * w, "not an idx file of images"
-        return torch.frombuffer(bytearray(data[16:]), dtype=torch.uint8).view(n, h, w)
-    except Exception as e:
-        fail(f"cannot load {args.dataset} from {os.path.dirname(path)} ({one_line(e)}); put "
-             "train-images-idx3-ubyte[.gz] there, or let torchvision download it")
-
-
-def one_line(e):
-    return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
-
-
 # ---- section 4.3: the mixture of 8 Gaussians ----
-# The authors' mixture script (stability_comparison/mixture_gaussian, ls.py and sig.py), the default
-# (--mixture-protocol authors): 8 Gaussians of sigma 0.01 on a circle of radius 1; G and D MLPs of
-# two hidden layers of 128 tanh units, orthogonal weights with gain 1.4 and zero biases; z of 256;
-# batch 512; Adam (beta1 0.5) at 1e-3 for G and 1e-4 for D; 35,000 steps in which G and D are
-# updated simultaneously (one TF graph: both gradients from the same parameters and samples).
-# Deviation: their sampler puts 9 components at linspace(0, 2 pi, 9), so 0 and 2 pi coincide and one
-# of the 8 modes has twice the weight of the others; ours are 8 equal modes, the paper's "mixture of
-# 8 Gaussians". --mixture-protocol alternating is this script's earlier setting: radius 2, sigma
-# 0.02, PyTorch's initialisation, the image step (D, then G through the updated D), 10,000 steps.
-# A mode is covered when >= 1% of 10,000 samples lie within 3 sigma of its centre.
+# As the authors' mixture script runs it (stability_comparison/mixture_gaussian, ls.py and sig.py):
+# 8 Gaussians of sigma 0.01 on a circle of radius 1; G and D MLPs of two hidden layers of 128 tanh
+# units, orthogonal weights with gain 1.4 and zero biases; z of 256; batch 512; Adam (beta1 0.5) at
+# 1e-3 for G and 1e-4 for D; 35,000 steps in which G and D are updated simultaneously (one TF graph:
+# both gradients from the same parameters and samples). Deviation: their sampler puts 9 components
+# at linspace(0, 2 pi, 9), so 0 and 2 pi coincide and one of the 8 modes has twice the weight of the
+# others; ours are 8 equal modes, the paper's "mixture of 8 Gaussians". A mode is covered when >= 1%
+# of 10,000 samples lie within 3 sigma of its centre.
 MIXTURE_EPOCH = 512_000  # points per "epoch" (1,000 batches of 512)
-# radius, sigma, default epochs, orthogonal init, simultaneous updates
-MIXTURE_PROTOCOLS = {"authors": (1.0, 0.01, 35, True, True),
-                     "alternating": (2.0, 0.02, 10, False, False)}
+RADIUS, SIGMA = 1.0, 0.01
 
 
 class MLP(nn.Module):
     """G: z (256) -> a 2-D point; D: a point -> one raw score."""
 
-    def __init__(self, inputs, outputs, hidden=128, orthogonal=True):
+    def __init__(self, inputs, outputs, hidden=128):
         super().__init__()
         self.net = nn.Sequential(nn.Linear(inputs, hidden), nn.Tanh(),      # (N, 128)
                                  nn.Linear(hidden, hidden), nn.Tanh(),      # (N, 128)
                                  nn.Linear(hidden, outputs))                # (N, outputs)
-        if orthogonal:  # the authors' slim layers: orthogonal_initializer(gain=1.4), zero biases
-            for layer in self.net[::2]:
-                nn.init.orthogonal_(layer.weight, gain=1.4)
-                nn.init.zeros_(layer.bias)
+        for layer in self.net[::2]:  # the authors' slim layers: orthogonal_initializer(gain=1.4)
+            nn.init.orthogonal_(layer.weight, gain=1.4)
+            nn.init.zeros_(layer.bias)
 
     def forward(self, x):
         return self.net(x).squeeze(-1)              # G: (N, 2) points; D: (N,) scores
 
 
-def mixture_centres(radius=1.0):
+def mixture_centres(radius=RADIUS):
     angles = torch.arange(8) * (2 * math.pi / 8)
     return radius * torch.stack([angles.cos(), angles.sin()], 1)   # (8, 2)
 
 
-def mixture_points(n, device, radius=1.0, sigma=0.01, generator=None):
+def mixture_points(n, device, generator=None):
     """n points: a centre at random, plus N(0, sigma^2) noise."""
     pick = torch.randint(0, 8, (n,), device=device, generator=generator)
     noise = torch.randn(n, 2, device=device, generator=generator)
-    return mixture_centres(radius).to(device)[pick] + sigma * noise
+    return mixture_centres().to(device)[pick] + SIGMA * noise
 
 
-def mixture_scores(points, radius=1.0, sigma=0.01):
+def mixture_scores(points, radius=RADIUS, sigma=SIGMA):
     """Modes covered (>= 1% of the points within 3 sigma of the centre) and the share of points
     within 3 sigma of any centre; the same within 10 sigma, a looser look at near misses; and the
     modes reached: centres that are the nearest centre of >= 5% of the points (a fair share is
@@ -1210,15 +1016,12 @@ def mixture_scores(points, radius=1.0, sigma=0.01):
     scores = {"modes_reached": int((nearest >= 0.05).sum())}
     for k, key in ((3, ""), (10, "_10sigma")):
         near = distance <= k * sigma
-        per_mode = near.float().mean(0)
-        scores[f"modes{key}"] = int((per_mode >= 0.01).sum())
+        scores[f"modes{key}"] = int((near.float().mean(0) >= 0.01).sum())
         scores[f"share_within_{k}sigma"] = near.any(1).float().mean().item()
-        if k == 3:
-            scores["share_per_mode"] = [round(v, 4) for v in per_mode.tolist()]
     return scores
 
 
-def simultaneous_step(G, D, opt_G, opt_D, x, z, amp, targets=(0.0, 1.0, 1.0), loss="ls"):
+def simultaneous_step(G, D, opt_G, opt_D, x, z, targets=(0.0, 1.0, 1.0), loss="ls"):
     """The authors' update: D's and G's gradients both from the parameters before this step and
     from the same G(z), then both steps. Returns what train_step returns."""
     a, b, c = targets
@@ -1233,21 +1036,19 @@ def simultaneous_step(G, D, opt_G, opt_D, x, z, amp, targets=(0.0, 1.0, 1.0), lo
     loss_g.backward()
     opt_D.step()
     opt_G.step()
-    squash = torch.sigmoid if loss == "bce" else (lambda scores: scores)
-    d_x, d_g_z = squash(real_scores).mean(), squash(fake_scores).mean()
+    d_x, d_g_z = logged(real_scores, loss), logged(fake_scores, loss)
     return torch.stack([loss_d, loss_g, d_x, d_g_z]).detach()
 
 
-def scatter(points, path, title, radius=1.0):
+def scatter(points, path, title):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    points, centres = points.detach().float().cpu().numpy(), mixture_centres(radius).numpy()
+    points, centres = points.detach().float().cpu().numpy(), mixture_centres().numpy()
     fig, ax = plt.subplots(figsize=(4, 4))
     ax.scatter(points[:, 0], points[:, 1], s=2, alpha=0.4, color="tab:blue")
     ax.scatter(centres[:, 0], centres[:, 1], s=30, marker="x", color="tab:red")
-    ax.set(xlim=(-1.5 * radius, 1.5 * radius), ylim=(-1.5 * radius, 1.5 * radius), aspect="equal",
-           title=title)
+    ax.set(xlim=(-1.5, 1.5), ylim=(-1.5, 1.5), aspect="equal", title=title)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
@@ -1256,9 +1057,7 @@ def scatter(points, path, title, radius=1.0):
 def train_mixture(args, ckpt):
     device = pick_device(args.device)
     torch.manual_seed(args.seed)
-    radius, sigma, _, orthogonal, simultaneous = MIXTURE_PROTOCOLS[args.mixture_protocol]
-    G = MLP(args.nz, 2, orthogonal=orthogonal).to(device)
-    D = MLP(2, 1, orthogonal=orthogonal).to(device)
+    G, D = MLP(args.nz, 2).to(device), MLP(2, 1).to(device)
     fused, betas = device.type in ("cpu", "cuda"), (args.beta1, args.beta2)
     opt_G = torch.optim.Adam(G.parameters(), lr=args.lr, betas=betas, fused=fused)
     opt_D = torch.optim.Adam(D.parameters(), lr=args.lr_d, betas=betas, fused=fused)
@@ -1266,64 +1065,60 @@ def train_mixture(args, ckpt):
     iteration, elapsed, iterations = 0, 0.0, MIXTURE_EPOCH // args.batch_size
     if ckpt:
         restore(ckpt, G=G, D=D, opt_G=opt_G, opt_D=opt_D)
-        fixed_noise, iteration, elapsed = ckpt["fixed_noise"].to(device), ckpt["iteration"], \
-            ckpt["elapsed_s"]
-    out, total = make_output_dir(args.output_dir), args.epochs * iterations
-    title = f"{args.loss}, {args.mixture_protocol}"
-    scatter(mixture_points(2000, "cpu", radius, sigma, torch.Generator().manual_seed(0)),
-            os.path.join(out, "real.png"), f"real data ({args.mixture_protocol})", radius)
-    progress = Progress(os.path.join(out, "log.csv"), total, iteration, elapsed, bool(ckpt))
+        fixed_noise, iteration = ckpt["fixed_noise"].to(device), ckpt["iteration"]
+        elapsed = ckpt["elapsed_s"]
+    out, total = args.output_dir, args.epochs * iterations
+    os.makedirs(out, exist_ok=True)
+    scatter(mixture_points(2000, "cpu", torch.Generator().manual_seed(0)),
+            os.path.join(out, "real.png"), "real data")
+    progress = Progress(os.path.join(out, "log.csv"), total, iteration, elapsed)
     last = min(total, iteration + 2) if args.dry_run else total
-    targets, step_fn = eq2_targets(args), simultaneous_step if simultaneous else train_step
-    amp = Amp(False, device)
     print(f"{SCRIPT}: {vars(args)}\n{SCRIPT}: mixture8, {iterations} iterations of "
-          f"{args.batch_size} per epoch; {'resuming at' if ckpt else 'starting at'} iteration "
-          f"{iteration} of {total} on {device}", flush=True)
+          f"{args.batch_size} per epoch, from iteration {iteration} of {total} on {device}")
     with StopOnSignal() as stop:
         while iteration < last:
-            x = mixture_points(args.batch_size, device, radius, sigma)
+            x = mixture_points(args.batch_size, device)
             z = torch.randn(args.batch_size, args.nz, device=device)
-            progress.add(step_fn(G, D, opt_G, opt_D, x, z, amp, targets, args.loss),
-                         args.batch_size)
+            stats = simultaneous_step(G, D, opt_G, opt_D, x, z, eq2_targets(args), args.loss)
+            progress.add(stats, args.batch_size)
             iteration += 1
             epoch, step = (iteration - 1) // iterations + 1, (iteration - 1) % iterations + 1
             if iteration % args.log_every == 0 or iteration == last or stop.requested:
                 progress.line(epoch, iteration, f"[epoch {epoch}/{args.epochs}][iter {step}/"
-                              f"{iterations}]")
+                              f"{iterations}]", unit="points")
             if step == iterations or iteration == last or stop.requested:
                 scatter(sample(G, fixed_noise), os.path.join(out, f"epoch_{epoch:03d}.png"),
-                        f"{title}: step {iteration}", radius)
+                        f"{args.loss}: step {iteration}")
                 save_checkpoint(args, {
                     "epoch": iteration // iterations, "iteration": iteration,
                     "elapsed_s": progress.elapsed, "G": G.state_dict(), "D": D.state_dict(),
                     "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(),
                     "fixed_noise": fixed_noise.cpu()})
                 if step == iterations:
-                    save_snapshot(args, iteration // iterations, G=G.state_dict())
+                    snapshot(args, iteration // iterations, G=G.state_dict())
             if stop.requested:
                 stop.exit(args, f"iteration {iteration}")
     save_gif(sorted(glob.glob(os.path.join(out, "epoch_*.png"))), os.path.join(out, "progress.gif"))
     plot_log(os.path.join(out, "log.csv"), os.path.join(out, "loss.png"), f"{SCRIPT} mixture8")
-    scores = mixture_scores(sample(G, torch.randn(10_000, args.nz, device=device)), radius, sigma)
+    scores = mixture_scores(sample(G, torch.randn(10_000, args.nz, device=device)))
     with open(os.path.join(out, "metrics.json"), "w") as f:
         json.dump(scores, f)
-    print(f"{SCRIPT}: mixture8 ({args.loss}, {args.mixture_protocol}): {scores['modes']} of 8 "
-          f"modes covered, {scores['share_within_3sigma']:.1%} of samples within 3 sigma of a "
-          f"centre. Outputs in {out}")
+    print(f"{SCRIPT}: mixture8 ({args.loss}): {scores['modes']} of 8 modes covered, "
+          f"{scores['share_within_3sigma']:.1%} of samples within 3 sigma of a centre. "
+          f"Outputs in {out}")
 
 
 def generate_mixture(args, ckpt):
-    torch.manual_seed(args.seed)
     device = pick_device(args.device)
+    torch.manual_seed(args.seed)
     G = MLP(args.nz, 2).to(device)
-    G.load_state_dict(chosen_weights(args, ckpt)["G"])
-    path = os.path.join(args.output_dir, "samples.npy")
+    G.load_state_dict((snapshot(args, args.epoch) if args.epoch else ckpt)["G"])
     points = sample(G, torch.randn(args.generate, args.nz, device=device))
-    np.save(path, points.cpu().numpy())
-    s = mixture_scores(points, *MIXTURE_PROTOCOLS[args.mixture_protocol][:2])
-    print(f"{SCRIPT}: wrote {args.generate} points to {path}: modes covered {s['modes']} "
-          f"({s['share_within_3sigma']:.1%} within 3 sigma), within 10 sigma {s['modes_10sigma']} "
-          f"({s['share_within_10sigma']:.1%}), reached {s['modes_reached']}")
+    np.save(os.path.join(args.output_dir, "samples.npy"), points.cpu().numpy())
+    s = mixture_scores(points)
+    print(f"{SCRIPT}: wrote {args.generate} points to {args.output_dir}/samples.npy: modes "
+          f"covered {s['modes']} ({s['share_within_3sigma']:.1%} within 3 sigma), within 10 sigma "
+          f"{s['modes_10sigma']} ({s['share_within_10sigma']:.1%}), reached {s['modes_reached']}")
 
 
 MODES = {"generate": generate, "interpolate": interpolate}  # run instead of train() when asked

@@ -19,18 +19,19 @@ def to_uint8(images):
 
 
 def tile(images, nrow=8, padding=2, pad_value=1.0):
-    """(N, C, H, W) images -> one (3, H', W') picture, nrow per row, with padding-pixel gaps of pad_value.
+    """(N, C, H, W) images -> one (3, H', W') picture, nrow a row, padding-pixel gaps of pad_value.
 
     Written here rather than taken from torchvision: importing torchvision adds about 160 MB to a
-    run's peak memory (measured: 815 against 648 MB for `import torch` alone) and 1.5 s to its start,
-    which runs on data made in memory (--dataset fake, gan_gaussian.py) need not pay."""
+    run's peak memory (measured: 815 against 648 MB for `import torch` alone) and 1.5 s to its
+    start, which runs on data made in memory (--dataset fake, gan_gaussian.py) need not pay."""
     images = images.detach().float().cpu()
     if images.shape[1] == 1:
         images = images.expand(-1, 3, -1, -1)  # grey -> RGB, so grids and GIF frames are all RGB
     n, c, h, w = images.shape
     cols = min(nrow, n)
     rows = -(-n // cols)
-    grid = torch.full((c, rows * (h + padding) + padding, cols * (w + padding) + padding), pad_value)
+    height, width = rows * (h + padding) + padding, cols * (w + padding) + padding
+    grid = torch.full((c, height, width), pad_value)
     for i, image in enumerate(images):
         y, x = divmod(i, cols)
         top, left = y * (h + padding) + padding, x * (w + padding) + padding
@@ -44,26 +45,29 @@ def save_grid(images, path, nrow=8):
 
 
 def save_images(images, folder, start=0):
-    """Write (N, C, H, W) images in [-1, 1] as folder/000000.png, 000001.png, ... from index start."""
+    """Write (N, C, H, W) images in [-1, 1] as folder/000000.png, 000001.png, ... from start."""
     for i, image in enumerate(to_uint8(images), start):
-        iio.imwrite(os.path.join(folder, f"{i:06d}.png"), image[..., 0] if image.shape[-1] == 1 else image)
+        grey = image.shape[-1] == 1
+        iio.imwrite(os.path.join(folder, f"{i:06d}.png"), image[..., 0] if grey else image)
 
 
 def save_gif(frames, path, seconds_per_frame=0.5):
     """Write frames (H, W, 3 uint8 arrays, or paths of equal-sized images) as a looping GIF."""
     frames = [iio.imread(f) if isinstance(f, (str, os.PathLike)) else f for f in frames]
-    iio.imwrite(path, np.stack(frames), extension=".gif", duration=round(1000 * seconds_per_frame), loop=0)
+    iio.imwrite(path, np.stack(frames), extension=".gif", duration=round(1000 * seconds_per_frame),
+                loop=0)
 
 
 def plot_log(csv_path, png_path, title=""):
-    """Plot log.csv: the two losses, and D's mean output on real and generated data, by iteration."""
+    """Plot log.csv: the two losses, and D's mean output on real and generated data, by step."""
     import matplotlib
     matplotlib.use("Agg")  # files only, no window
     import matplotlib.pyplot as plt
 
     with open(csv_path, newline="") as f:
         rows = list(csv.DictReader(f))
-    column = {k: [float(r[k]) for r in rows] for k in ("iteration", "loss_d", "loss_g", "d_x", "d_g_z")}
+    column = {k: [float(r[k]) for r in rows]
+              for k in ("iteration", "loss_d", "loss_g", "d_x", "d_g_z")}
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 5.5), sharex=True)
     top.plot(column["iteration"], column["loss_d"], label="loss_D")
     top.plot(column["iteration"], column["loss_g"], label="loss_G")

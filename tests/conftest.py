@@ -31,17 +31,17 @@ def run(capsys):
     return call
 
 
-def write_idx(path, array, gz=False):
+def write_idx(path, array):
     """Write a uint8 array in the idx format of MNIST: magic 0x0803 (images) or 0x0801 (labels)."""
-    import gzip
     import struct
     header = struct.pack(">I", 0x0800 + array.ndim) + b"".join(struct.pack(">I", d) for d in array.shape)
-    with (gzip.open(path + ".gz", "wb") if gz else open(path, "wb")) as f:
+    with open(path, "wb") as f:
         f.write(header + array.astype("uint8").tobytes())
 
 
-def make_mnist(root, folder="MNIST", n=40, gz=False, seed=0):
-    """A tiny MNIST (or FashionMNIST) in torchvision's layout: root/<folder>/raw/, all four files."""
+def make_mnist(root, folder="MNIST", n=40, seed=0):
+    """A tiny MNIST (or FashionMNIST) in torchvision's layout: root/<folder>/raw/, all four files
+    uncompressed, as torchvision leaves them after a download (it reads them; no download)."""
     import numpy as np
     rng = np.random.default_rng(seed)
     raw = os.path.join(root, folder, "raw")
@@ -51,8 +51,8 @@ def make_mnist(root, folder="MNIST", n=40, gz=False, seed=0):
         for i, image in enumerate(images):  # a bright bar at a random place, on black, like a stroke
             r, c = rng.integers(4, 20, size=2)
             image[r:r + 8, c:c + 3] = 255
-        write_idx(os.path.join(raw, f"{split}-images-idx3-ubyte"), images, gz)
-        write_idx(os.path.join(raw, f"{split}-labels-idx1-ubyte"), rng.integers(0, 10, count), gz)
+        write_idx(os.path.join(raw, f"{split}-images-idx3-ubyte"), images)
+        write_idx(os.path.join(raw, f"{split}-labels-idx1-ubyte"), rng.integers(0, 10, count))
     return str(root)
 
 

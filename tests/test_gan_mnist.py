@@ -3,7 +3,6 @@ on a tiny MNIST written in the real idx format (torchvision's MNIST class reads 
 import math
 import os
 import signal
-import stat
 
 import imageio.v3 as iio
 import pytest
@@ -82,11 +81,6 @@ def test_dry_run_writes_every_output(run, data):
     assert torch.load("d/checkpoint.pt", weights_only=True)["iteration"] == 2
 
 
-def test_log_file_option(run, data):
-    assert run(gm.main, small(data, "d", "--dry-run", "--log-file", "train.csv"))[0] == 0
-    assert os.path.exists("d/train.csv") and not os.path.exists("d/log.csv")
-
-
 def test_same_seed_same_run(run, data):
     for out in ("a", "b"):
         assert run(gm.main, small(data, out, "--epochs", 1))[0] == 0
@@ -123,7 +117,11 @@ def test_generate_writes_one_png_per_image_in_eval_mode(run, data, monkeypatch):
     assert run(gm.main, ["--dry-run", "--dataroot", data, "--output-dir", "d"])[0] == 0
     modes = []
     real_forward = gm.Generator.forward
-    monkeypatch.setattr(gm.Generator, "forward", lambda self, z: modes.append(self.training) or real_forward(self, z))
+
+    def recording(self, z):
+        modes.append(self.training)
+        return real_forward(self, z)
+    monkeypatch.setattr(gm.Generator, "forward", recording)
     assert run(gm.main, ["--generate", 1003, "--output-dir", "d"])[0] == 0
     files = sorted(os.listdir("d/samples"))
     assert len(files) == 1003 and files[0] == "000000.png" and files[-1] == "001002.png"
@@ -131,18 +129,6 @@ def test_generate_writes_one_png_per_image_in_eval_mode(run, data, monkeypatch):
     assert modes and not any(modes)
     assert run(gm.main, ["--generate", 5, "--output-dir", "d"])[0] == 0
     assert len(os.listdir("d/samples")) == 5  # no stale images from the larger set
-
-
-def test_gzipped_data_in_a_read_only_folder(run, tmp_path):
-    root = make_mnist(tmp_path / "ro", gz=True)
-    raw = os.path.join(root, "MNIST", "raw")
-    os.chmod(raw, stat.S_IRUSR | stat.S_IXUSR)
-    try:
-        code, _, err = run(gm.main, ["--dry-run", "--dataroot", root, "--output-dir", "d"])
-    finally:
-        os.chmod(raw, stat.S_IRWXU)
-    assert code == 0, err
-    assert sorted(os.listdir(raw)) == sorted(f for f in os.listdir(raw) if f.endswith(".gz"))
 
 
 def test_fashion_mnist(run, tmp_path):
@@ -173,8 +159,8 @@ def one_line_error(run, argv):
 
 
 @pytest.mark.parametrize("argv", [
-    ["--batch-size", "0"], ["--dataset", "cifar"], ["--dropout", "1.5"], ["--lr", "0"], ["--lr-d", "-1"],
-    ["--learning-rate", "0"], ["--learning-rate-d", "-1"], ["--epoch", "3"],
+    ["--batch-size", "0"], ["--dataset", "cifar"], ["--dropout", "1.5"], ["--lr", "-1"], ["--lr-d", "-1"],
+    ["--noise-size", "8"], ["--learning-rate", "0"], ["--epoch", "3"], ["--beta1", "1"],
     ["--g-loss", "wasserstein"], ["--epochs", "0"], ["--generate", "-1"],
 ])
 def test_bad_options_get_one_line(run, data, argv):
@@ -185,7 +171,7 @@ def test_bad_options_get_one_line(run, data, argv):
 def test_missing_data_gets_one_line(run, monkeypatch):
     monkeypatch.setattr(torchvision.datasets.MNIST, "mirrors", [])  # no download, even with a network
     err = one_line_error(run, ["--dataroot", "nowhere", "--output-dir", "d"])
-    assert "train-images-idx3-ubyte" in err
+    assert "cannot load mnist" in err and "train-images-idx3-ubyte" in err
 
 
 def test_damaged_data_gets_one_line(run, data):
@@ -202,7 +188,7 @@ def test_bad_checkpoints_get_one_line_and_are_kept(run, data):
     assert run(gm.main, ["--dry-run", "--dataroot", data, "--output-dir", "d"])[0] == 0
     before = open("d/checkpoint.pt", "rb").read()
     assert "exists" in one_line_error(run, ["--dry-run", "--dataroot", data, "--output-dir", "d"])
-    assert "--nz" in one_line_error(run, ["--generate", 3, "--noise-size", 10, "--output-dir", "d"])
+    assert "--nz" in one_line_error(run, ["--generate", 3, "--nz", 10, "--output-dir", "d"])
     assert "--dataset" in one_line_error(run, ["--resume", "--dataset", "fashion-mnist", "--output-dir", "d"])
     assert open("d/checkpoint.pt", "rb").read() == before
     os.makedirs("corrupt")
@@ -211,16 +197,7 @@ def test_bad_checkpoints_get_one_line_and_are_kept(run, data):
     assert "cannot read" in one_line_error(run, ["--resume", "--output-dir", "corrupt"])
     os.makedirs("other")
     torch.save(dict(torch.load("d/checkpoint.pt", weights_only=True), script="gan_gaussian"), "other/checkpoint.pt")
-    assert "gan_gaussian.py" in one_line_error(run, ["--generate", 3, "--output-dir", "other"])
-
-
-def test_the_tutorial_spellings_still_work(run, data):
-    """--noise-size and --learning-rate[-d] are the MNIST tutorial's names of --nz, --lr and --lr-d."""
-    code, _, err = run(gm.main, ["--dry-run", "--dataroot", data, "--output-dir", "d", "--noise-size", 16,
-                                 "--learning-rate", "3e-4", "--learning-rate-d", "2e-4"])
-    assert code == 0, err
-    saved = torch.load("d/checkpoint.pt", weights_only=True)["args"]
-    assert (saved["nz"], saved["lr"], saved["lr_d"]) == (16, 3e-4, 2e-4)
+    assert "not a checkpoint of gan_mnist.py" in one_line_error(run, ["--generate", 3, "--output-dir", "other"])
 
 
 def test_resuming_with_another_ema_keeps_g_itself(run, data, monkeypatch):
