@@ -225,7 +225,7 @@ def autocast(x, amp):
 def sample(G, z):
     """G(z) for pictures and --generate, with BatchNorm in eval mode (running statistics): each
     image depends on its own z alone, and the statistics stay untouched. Deviation: the authors'
-    code samples in training mode (batch statistics); on MNIST the two scored alike (README.md)."""
+    code samples in training mode (batch statistics), which ties each image to its batch."""
     was_training = G.training
     G.eval()
     with torch.no_grad():
@@ -439,7 +439,7 @@ def train(args, ckpt):
     if args.channels_last is None:  # NHWC on the CPU: oneDNN's convolutions run faster on it
         args.channels_last = device.type == "cpu"
     torch.manual_seed(args.seed)
-    data = load_data(args, device, world)
+    data = load_data(args, device)
     if args.batch_size % world.size:
         fail(f"--batch-size {args.batch_size} is not divisible by the {world.size} processes")
     iterations = data.size // args.batch_size  # per epoch; the last partial batch is dropped
@@ -461,11 +461,9 @@ def train(args, ckpt):
                         iteration, elapsed, world.say, world.mean)
     last = min(total, iteration + 2) if args.dry_run else total
     log_every, first, stopping = 1 if args.dry_run else args.log_every, iteration, False
-    speed = ["autocast to bfloat16"] * args.amp + ["channels-last memory layout"] * \
-        args.channels_last + ["torch.compile (G and D compile in the first steps)"] * args.compile
     world.say(f"{SCRIPT}: {vars(args)}\n{SCRIPT}: {data.size} images, {iterations} iterations of "
-              f"{args.batch_size} per epoch, {world.size} process(es) on {device}; "
-              f"{', '.join(speed) or 'float32'}; from iteration {iteration} of {total}")
+              f"{args.batch_size} per epoch, {world.size} process(es) on {device}, from iteration "
+              f"{iteration} of {total}")
     with StopOnSignal() as stop:
         while iteration < last:
             epoch, step = divmod(iteration, iterations)
@@ -500,9 +498,8 @@ def train(args, ckpt):
                  os.path.join(out, "progress.gif"))
         plot_log(os.path.join(out, "log.csv"), os.path.join(out, "loss.png"),
                  title=f"{SCRIPT} ({args.dataset})")
-    rate = (iteration - first) * args.batch_size / max(progress.elapsed - elapsed, 1e-9)
-    world.say(f"{SCRIPT}: done: {iteration} iterations, {progress.elapsed:.1f} s in all; this "
-              f"session {iteration - first} iterations, {rate:,.1f} img/s. Outputs in {out}")
+    world.say(f"{SCRIPT}: done: {iteration} iterations, {progress.elapsed:.1f} s in all, "
+              f"{iteration - first} of them now. Outputs in {out}")
 
 
 def build(args, nc, device):
@@ -619,10 +616,6 @@ class World:
             tensor /= self.size
         return tensor
 
-    def barrier(self):
-        if self.size > 1:
-            dist.barrier()
-
 
 # ---- data ----
 
@@ -687,7 +680,7 @@ def to_model(images):
     return images.float().div(127.5).sub(1)
 
 
-def load_data(args, device, world):
+def load_data(args, device):
     if args.dataset == "fake":
         return Data(args, device, FAKE_EPOCH, 3)
     if args.dataset in ("mnist", "fashion-mnist", "cifar10"):
@@ -697,30 +690,22 @@ def load_data(args, device, world):
     size = args.image_size
     transform = transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size),
                                     transforms.PILToTensor()])
-    if args.dataset == "lsun":
-        # Deviation: no de-duplication (the paper's section 4.1.1 removes near-duplicates).
-        paths = [os.path.join(args.dataroot, (c if c.endswith(("_train", "_val")) else c + "_train")
-                              + "_lmdb") for c in args.classes.split(",") if c]
-        if not paths or not all(map(os.path.isdir, paths)):
-            fail(f"LSUN: no {' or '.join(paths) or 'class'}: download with the LSUN project's "
-                 "download.py (github.com/fyu/lsun: python download.py -c bedroom), unzip into "
-                 "--dataroot (bedroom_train_lmdb/{data.mdb,lock.mdb}), pass --classes bedroom")
+    if args.dataset == "lsun":  # Deviation: not de-duplicated (the paper's section 4.1.1 is)
+        paths = [os.path.join(args.dataroot, f"{c}_train_lmdb") for c in args.classes.split(",")]
+        if not all(map(os.path.isdir, paths)):
+            fail(f"LSUN: no {' or '.join(paths)}: get it with the LSUN project's download.py "
+                 "(python download.py -c bedroom) and unzip it into --dataroot")
         dataset = LsunLmdb(paths, transform)
     else:
         try:
             dataset = datasets.ImageFolder(args.dataroot, transform=transform)
-        except (OSError, FileNotFoundError) as e:
-            fail(f"{args.dataset}: no images in --dataroot {args.dataroot} ({e}); expected "
-                 f"{args.dataroot}/{LAYOUT[args.dataset]}")
+        except OSError as e:
+            fail(f"{args.dataset}: no images in --dataroot ({e}); expected <dataroot>/<folder>/"
+                 "<images>, e.g. CelebA's img_align_celeba/*.jpg")
     if not args.cache or args.dry_run:
         return Data(args, device, len(dataset), 3, dataset=dataset)
-    images = cached_images(args, dataset, world)                          # (N, 3, size, size)
+    images = cached_images(args, dataset)                                 # (N, 3, size, size)
     return Data(args, device, len(images), 3, images=images)
-
-
-LAYOUT = {"celeba": "img_align_celeba/*.jpg (CelebA's aligned images)", "imagenet":
-          "<class>/*.JPEG (e.g. ILSVRC's train folder)", "lfw": "<person>/*.jpg (LFW's lfw folder)",
-          "folder": "<any sub-folder>/<images>"}
 
 
 def labelled(args, train=True):
@@ -758,7 +743,7 @@ def stack_images(items):
     return torch.stack([image for image, _ in items])
 
 
-def cached_images(args, dataset, world):
+def cached_images(args, dataset):
     """Folder datasets and LSUN decoded once, at the training size, into one uint8 file beside the
     data, (N, 3, size, size), that later epochs and runs memory-map. Its name hashes what its pixels
     depend on (the files' names, sizes and times, or LSUN's databases and keys; the size; the crop):
@@ -790,7 +775,8 @@ def cached_images(args, dataset, world):
             if os.path.exists(path + ".tmp"):
                 os.remove(path + ".tmp")
             fail(f"cannot write the image cache {path} ({e.strerror}): pass --no-cache")
-    world.barrier()
+    if dist.is_initialized():
+        dist.barrier()  # the first process of each machine has written it
     if os.path.getsize(path) != math.prod(shape):
         fail(f"the image cache {path} is damaged: delete it (it is made again) or pass --no-cache")
     return torch.from_file(path, size=math.prod(shape), dtype=torch.uint8).view(shape)

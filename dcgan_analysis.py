@@ -185,7 +185,7 @@ def labelled(run):
         fail(f"classify needs labels, and {run.dataset} has none here: use mnist, fashion-mnist, "
              "cifar10, or folder/imagenet with one sub-folder per class")
     from torch.utils.data import Subset
-    data = dcgan.load_data(run, None, None).dataset
+    data = dcgan.load_data(run, None).dataset
     if len(data.classes) < 2:
         fail(f"classify: {run.dataroot} holds one class; it needs a sub-folder per class")
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(run.seed))
@@ -271,7 +271,7 @@ def visualize_d(run, ckpt, device, units=8, top=8):
     `units` that respond most (mean of their strongest position) to 1,024 real images: its `top`
     images, as the input gradients of its strongest response; trained D left, initial D right.
     The paper shows its first 6 units; ours are the strongest, so that none is dead."""
-    real = dcgan.load_data(run, device, None).real_sample(1024).to(device)
+    real = dcgan.load_data(run, device).real_sample(1024).to(device)
     top, maps = min(top, len(real)), []
     for D in two_ds(run, ckpt, device).values():
         real_statistics(D, real.split(128))

@@ -1,21 +1,20 @@
 #!/usr/bin/env python3
-"""Score generated MNIST or Fashion-MNIST images: the figures README.md quotes, reproducible here.
+"""Score generated MNIST or Fashion-MNIST images: the figures docs/RESULTS.md quotes.
 
     python evaluate.py SAMPLES --dataset mnist --dataroot DIR   # SAMPLES: PNG folder or .npy
     python evaluate.py --real --dataset mnist --dataroot DIR    # the real-vs-real floor
 
-A small CNN classifier (two 3x3 convolutions, a 128-unit layer) is trained on the training split on
-first use: seeded, on the CPU, two epochs, about two minutes on 2 cores; it is saved beside the
-data as <dataroot>/<MNIST|FashionMNIST>/evaluate_classifier.pt and reused. Printed:
+A small CNN (two 3x3 convolutions, a 128-unit layer) is trained on the training split on first
+use (seeded, CPU, two epochs, ~2 minutes on 2 cores) and kept as <dataroot>/<MNIST|FashionMNIST>/
+evaluate_classifier.pt. Printed:
   - classifier FID: the Frechet distance between the Gaussians fitted to the 128-d features of
     the samples and of the 10,000 test images. It is NOT the Inception FID of other papers: never
     put the two side by side. Lower is better; --real gives the floor (10,000 training images);
   - classes covered: classes predicted for >= 2% of the samples;
   - class balance: the smallest and largest predicted share (0.10 each when balanced);
   - confidence: the mean of the classifier's top softmax probability.
-Samples: PNGs (grey or RGB, any size: made grey and resized to 28x28 with antialiasing, as 64x64
-DCGAN samples need) or a .npy of images, uint8 in 0..255 or floats in [-1, 1]. At least 1,000
-samples (the 128-d covariance needs many more than 128); README figures use 10,000.
+Samples: PNGs (any size: made grey and resized to 28x28 with antialiasing) or a .npy of images,
+uint8 or floats in [-1, 1]; at least 1,000 (a 128-d covariance needs many); RESULTS.md: 10,000.
 """
 import argparse
 import os
@@ -50,13 +49,11 @@ def fail(message):
     sys.exit(2)
 
 
-def load_split(args, split):
-    """uint8 images (N, 28, 28) and labels of the train or test split, through torchvision (which
-    downloads the dataset into --dataroot when it is missing)."""
+def load_split(args, train):
+    """uint8 images (N, 28, 28) and labels of a split, through torchvision (it downloads)."""
     from torchvision import datasets
     try:
-        data = getattr(datasets, FOLDERS[args.dataset])(args.dataroot, train=split == "train",
-                                                        download=True)
+        data = getattr(datasets, FOLDERS[args.dataset])(args.dataroot, train, download=True)
     except Exception as e:
         fail(f"cannot load {args.dataset} into or from --dataroot {args.dataroot} "
              f"({type(e).__name__}: {(str(e).splitlines() or [''])[0]})")
@@ -79,16 +76,14 @@ def classifier(args):
             return net.eval(), saved["test_accuracy"]
         except Exception:
             fail(f"cannot read {path}: damaged? Delete it and it is trained again")
-    images, labels = load_split(args, "train")
-    test_images, test_labels = load_split(args, "test")
+    images, labels = load_split(args, train=True)
+    test_images, test_labels = load_split(args, train=False)
     torch.manual_seed(SEED)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     start = time.time()
-    print(f"evaluate: no {path} yet: training the {args.dataset} classifier ({EPOCHS} epochs), "
-          "once", flush=True)
+    print(f"evaluate: training the {args.dataset} classifier once, into {path}", flush=True)
     for epoch in range(EPOCHS):
-        print(f"evaluate: classifier epoch {epoch + 1}/{EPOCHS}, {time.time() - start:.0f} s",
-              flush=True)
+        print(f"evaluate: epoch {epoch + 1}/{EPOCHS} at {time.time() - start:.0f} s", flush=True)
         order = torch.randperm(len(images))
         for i in range(0, len(images), BATCH):
             take = order[i:i + BATCH]
@@ -104,24 +99,21 @@ def classifier(args):
     try:
         torch.save({"classifier": net.state_dict(), "test_accuracy": accuracy}, path + ".tmp")
         os.replace(path + ".tmp", path)
-        print(f"evaluate: saved it as {path}")
     except OSError as e:
-        print(f"evaluate: could not save it ({e.strerror}): it is trained again next time")
+        print(f"evaluate: could not keep it ({e.strerror}): it is trained again next time")
     return net, accuracy
 
 
 @torch.no_grad()
 def predict(net, x):
     """(features (N, 128), logits (N, 10)) in batches."""
-    feats = [net.features(x[i:i + 1000]) for i in range(0, len(x), 1000)]
-    feats = torch.cat(feats).double()
-    return feats, net.head(feats.float()).double()
+    feats = torch.cat([net.features(x[i:i + 1000]) for i in range(0, len(x), 1000)])
+    return feats.double(), net.head(feats).double()
 
 
 def frechet(a, b):
-    """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)) of Gaussians fitted to features a, b.
-    Tr (S_a S_b)^(1/2) is the sum of the square roots of the eigenvalues of S_a^(1/2) S_b S_a^(1/2).
-    """
+    """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)) of Gaussians fitted to features a, b;
+    Tr (S_a S_b)^(1/2): the sum of the roots of the eigenvalues of S_a^(1/2) S_b S_a^(1/2)."""
     mu_a, mu_b = a.mean(0), b.mean(0)
     s_a, s_b = torch.cov(a.T), torch.cov(b.T)
     w, v = torch.linalg.eigh(s_a)
@@ -139,12 +131,10 @@ def load_samples(path):
             fail(f"no .png files in {path}")
         try:
             arrays = [iio.imread(os.path.join(path, n)) for n in names]
-        except Exception as e:
-            fail(f"cannot read the images in {path} ({type(e).__name__}: {e})")
-        grey = [a.mean(-1) if a.ndim == 3 else a for a in arrays]  # RGB -> grey
-        if len({g.shape for g in grey}) > 1:
-            fail(f"the images in {path} differ in size")
-        x = torch.from_numpy(np.stack(grey).astype(np.float32)).unsqueeze(1) / 127.5 - 1
+            grey = np.stack([a.mean(-1) if a.ndim == 3 else a for a in arrays])  # RGB -> grey
+        except Exception as e:  # unreadable, or of different sizes
+            fail(f"cannot read the images in {path} as one batch ({type(e).__name__}: {e})")
+        x = torch.from_numpy(grey.astype(np.float32)).unsqueeze(1) / 127.5 - 1
     elif path.endswith(".npy") and os.path.isfile(path):
         try:
             array = np.load(path, allow_pickle=False)
@@ -162,8 +152,7 @@ def load_samples(path):
     else:
         fail(f"{path}: not a folder of PNGs nor a .npy file")
     if len(x) < MIN_SAMPLES:
-        fail(f"{len(x)} samples in {path}: at least {MIN_SAMPLES} are needed for a stable "
-             "classifier FID (README figures use 10,000)")
+        fail(f"{len(x)} samples in {path}: a stable classifier FID needs at least {MIN_SAMPLES}")
     if x.shape[-1] != 28 or x.shape[-2] != 28:
         x = F.interpolate(x, size=(28, 28), mode="bilinear", antialias=True, align_corners=False)
     return x.clamp(-1, 1)
@@ -183,18 +172,18 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("samples", nargs="?", help="a folder of PNGs or a .npy of images")
     p.add_argument("--dataset", choices=list(FOLDERS), default="mnist")
-    p.add_argument("--dataroot", default="./data", help="holds MNIST/raw or FashionMNIST/raw "
-                   "(torchvision downloads there when missing)")
+    p.add_argument("--dataroot", default="./data", help="holds MNIST/ or FashionMNIST/")
     p.add_argument("--real", action="store_true", help="score 10,000 training images: the floor")
+    p.error = fail  # one line, exit 2
     args = p.parse_args(argv)
     if bool(args.samples) == args.real:
         fail("give SAMPLES or --real, not both or neither")
     samples = None if args.real else load_samples(args.samples)  # bad input fails before training
     net, accuracy = classifier(args)
-    test_images, _ = load_split(args, "test")
+    test_images, _ = load_split(args, train=False)
     reference, _ = predict(net, to_input(test_images))
     if args.real:
-        images, _ = load_split(args, "train")
+        images, _ = load_split(args, train=True)
         pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(1))[:10000]
         samples = to_input(images[pick])
     result = score(net, samples, reference)

@@ -7,7 +7,7 @@ Paper: Goodfellow et al., "Generative Adversarial Networks", arXiv:1406.2661v1 (
 noise into numbers; D judges a whole batch of 500 through its four moments (mean, standard
 deviation, skewness, excess kurtosis), or, with --preprocess raw, every sample on its own.
 
-Deviations from the tutorial (each also stated where it happens; README.md has the measurements):
+Deviations from the tutorial (each also stated where it happens; docs/RESULTS.md measures them):
   - z is 4 uniform numbers, not 1: from one number G barely bends its map;
   - Adam (lr 2e-3, betas 0.5/0.999) decaying linearly to 0 over the run, not SGD (1e-3, momentum
     0.9) at a constant rate: the game settles instead of circling the equilibrium;

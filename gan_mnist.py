@@ -8,7 +8,7 @@ as in the paper's experiments). The networks are those of the well-known PyTorch
 G: z (100) -> 256 -> 512 -> 1024 -> 784, D: 784 -> 1024 -> 512 -> 256 -> 1 logit, LeakyReLU(0.2).
 The paper's G mixed rectifiers and sigmoids and its D used maxout units.
 
-Deviations from the tutorial (each also stated where it happens; README.md has the measurements):
+Deviations from the tutorial (each also stated where it happens; docs/RESULTS.md measures them):
   - batch 128, not 64;
   - Adam at 1e-3 for G and 4e-4 for D with beta1 0, not 2e-4 for both with beta1 0.5, made safe by
     an R1 penalty on D (Mescheder et al. 2018, arXiv:1801.04406v4; gamma 10, lazily every 4th
@@ -99,7 +99,7 @@ class Generator(nn.Module):
     def __init__(self, nz=100, image_size=28):
         super().__init__()
         self.image_size = image_size
-        # Deviation: BatchNorm after each hidden layer (as DCGAN puts in G); measured in README.md.
+        # Deviation: BatchNorm after each hidden layer (as DCGAN puts in G); docs/RESULTS.md.
         self.net = nn.Sequential(
             nn.Linear(nz, 256), nn.BatchNorm1d(256), nn.LeakyReLU(0.2),         # (N, 256)
             nn.Linear(256, 512), nn.BatchNorm1d(512), nn.LeakyReLU(0.2),        # (N, 512)

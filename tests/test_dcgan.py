@@ -1,9 +1,7 @@
 """dcgan.py: the paper's networks and losses, every dataset format (tiny files written in the real
 formats into a temp dir, read offline by the real loaders), and the shared contract."""
-import json
 import math
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -15,7 +13,6 @@ import torch.nn as nn
 import torchvision
 
 import dcgan
-import utils
 from conftest import DdpLikeD, ROOT, make_cifar10, make_image_folder, make_lsun, make_mnist
 
 HEADER = "epoch,iteration,loss_d,loss_g,d_x,d_g_z,samples_per_s,elapsed_s"
