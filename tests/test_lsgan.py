@@ -191,7 +191,7 @@ def test_score_layer_init(extra, std):
 def test_fake_data_each_network(run, extra):
     code, out, err = run(lsgan.main, ["--dataset", "fake", "--dry-run", "--output-dir", "d", "--device", "cpu"] + extra)
     assert code == 0, err
-    assert "channels-last memory layout" in out  # the CPU default
+    assert "'channels_last': True" in out  # the CPU default
     for name in ("checkpoint.pt", "log.csv", "loss.png", "real.png", "epoch_001.png", "progress.gif"):
         assert os.path.getsize(os.path.join("d", name)) > 0, name
     assert run(lsgan.main, ["--generate", 3, "--output-dir", "d"])[0] == 0
