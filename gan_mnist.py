@@ -72,8 +72,7 @@ def build_parser(p):
     g.add_argument("--g-loss", choices=["non-saturating", "minimax"], default="non-saturating",
                    help="G ascends log D(G(z)) (section 3) or descends log(1 - D(G(z))) (Eq. 1)")
     g.add_argument("--r1", type=number(float, 0), default=10.0, help="R1 weight (0: off)")
-    g.add_argument("--r1-every", type=number(int, 1), default=4,
-                   help="R1 every N D-steps, times N")
+    g.add_argument("--r1-every", type=number(int, 1), default=4, help="R1 every N D-steps, times N")
     g.add_argument("--ema", type=number(float, 0, 1), default=0.999,
                    help="decay of the average of G's weights for pictures and samples (0: off)")
     g = p.add_argument_group("run")

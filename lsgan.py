@@ -858,11 +858,11 @@ def stack_images(items):
 
 
 def cached_images(args, dataset):
-    """Folder datasets and LSUN decoded once, at the training size, into one uint8 file beside the
-    data, (N, 3, size, size), that later epochs and runs memory-map. Its name hashes what its pixels
-    depend on (the files' names, sizes and times, or LSUN's databases and keys; the size; the crop):
-    a cache of other images or of another size is never used. Written under a temporary name and
-    renamed when complete, by the first process of each machine while the others wait."""
+    """Folder datasets and LSUN decoded once, at the training size, into one uint8 file (N, 3,
+    size, size) beside the data (read-only data: in --output-dir), memory-mapped by later epochs
+    and runs. Its name hashes what its pixels depend on (the files' names, sizes and times, or
+    LSUN's databases and keys; the size; the crop): a cache of other images is never used.
+    Written under a temporary name and renamed, by each machine's first process."""
     import hashlib
     import numpy as np
     if isinstance(dataset, LsunLmdb):
@@ -875,17 +875,19 @@ def cached_images(args, dataset):
             listing.append((os.path.relpath(path, args.dataroot), info.st_size, info.st_mtime_ns))
     recipe = json.dumps([1, "resize, center crop, PIL", args.image_size, listing]).encode()
     name = f"images_{args.image_size}px_{hashlib.sha256(recipe).hexdigest()[:16]}.u8"
-    path, shape = os.path.join(args.dataroot, name), (len(dataset), 3, *[args.image_size] * 2)
+    folder = args.dataroot if os.access(args.dataroot, os.W_OK) else args.output_dir  # read-only
+    path, shape = os.path.join(folder, name), (len(dataset), 3, *[args.image_size] * 2)
     if not os.path.exists(path) and os.environ.get("LOCAL_RANK", "0") == "0":
         print(f"{SCRIPT}: decoding {len(dataset)} images once into {path}", flush=True)
         try:
+            os.makedirs(folder, exist_ok=True)
             cache, done = np.memmap(path + ".tmp", np.uint8, "w+", shape=shape), 0
             for batch in decoder(dataset, args.workers, torch.device("cpu"), batch_size=256):
                 cache[done:done + len(batch)] = batch.numpy()
                 done += len(batch)
             cache.flush()
             os.replace(path + ".tmp", path)
-        except OSError as e:  # a read-only data folder, a full disk: nothing half-written is left
+        except OSError as e:  # a full disk: nothing half-written is left
             if os.path.exists(path + ".tmp"):
                 os.remove(path + ".tmp")
             fail(f"cannot write the image cache {path} ({e.strerror}): pass --no-cache")
@@ -918,9 +920,12 @@ class LsunLmdb:
                 if len(keys) == txn.stat()["entries"] and all(map(txn.get, keys[:1] + keys[-1:])):
                     return keys  # else stale, cut or damaged: listed again
             keys = list(txn.cursor().iternext(values=False))  # bedroom's 3 million: minutes, once
-        with open(file + ".tmp", "wb") as f:
-            f.write(b"\n".join(keys) + b"\n")
-        os.replace(file + ".tmp", file)
+        try:
+            with open(file + ".tmp", "wb") as f:
+                f.write(b"\n".join(keys) + b"\n")
+            os.replace(file + ".tmp", file)
+        except OSError:  # a read-only data folder: the keys are listed again next time
+            pass
         return keys
 
     def env(self, path):

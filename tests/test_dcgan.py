@@ -428,3 +428,21 @@ def test_resuming_in_the_other_memory_layout_continues_the_run(run, tmp_path):
     def gap(x):
         return max((x[k] - a[k]).abs().max().item() for k in a)
     assert gap(c) <= 10 * gap(b) + 1e-7, (gap(c), gap(b))
+
+
+def test_read_only_data_keeps_its_cache_in_the_output_dir_and_lists_lsun_keys_each_time(run, tmp_path,
+                                                                                       monkeypatch):
+    root = make_lsun(tmp_path / "l")
+    real_open = open
+
+    def read_only_open(path, *args, **kwargs):  # the data folder refuses every write
+        if str(path).startswith(root) and ("w" in (args[0] if args else kwargs.get("mode", "r"))):
+            raise PermissionError(13, "Read-only file system", path)
+        return real_open(path, *args, **kwargs)
+    monkeypatch.setattr("builtins.open", read_only_open)
+    monkeypatch.setattr(dcgan.os, "access", lambda path, mode: not str(path).startswith(root))
+    common = ["--dataset", "lsun", "--dataroot", root, "--image-size", 32, "--batch-size", 4, "--epochs", 1,
+              "--ngf", 8, "--ndf", 8, "--workers", 0]
+    code, out, err = run(dcgan.main, common + ["--output-dir", "d"])
+    assert code == 0, err
+    assert [f for f in os.listdir("d") if f.endswith(".u8")] and not os.path.exists(root + "/bedroom_train_lmdb_keys.txt")
