@@ -245,12 +245,15 @@ def classify(run, ckpt, device, grid=(1e-4, 1e-3, 1e-2, 1e-1, 1.0)):
         for part, draw in zip(x, draws):
             mean, std = part.mean(0), part.std(0)  # a floor: no near-constant feature blows up
             std = std.clamp_min(0.1 * std.mean())
+            # W lies in the span of the labelled rows (the representer theorem): the fit runs on
+            # their coordinates in an orthonormal basis of it, the same W, 15x faster at 15,360.
+            basis = torch.linalg.svd((part - mean) / std, full_matrices=False).Vh
+            fit_x, fit_held, fit_test = [(((f - mean) / std) @ basis.T).numpy()
+                                         for f in (part, held_x, test_x)]
             fits = [LinearSVC(C=C, loss="squared_hinge", max_iter=10_000).fit(
-                ((part - mean) / std).numpy(), y[draw].numpy()) for C in grid]
-            best = max(fits, key=lambda svm: svm.score(((held_x - mean) / std).numpy(),
-                                                       y[held].numpy()))
-            rows[name]["accuracy"].append(best.score(((test_x - mean) / std).numpy(),
-                                                     test_y.numpy()))
+                fit_x, y[draw].numpy()) for C in grid]
+            best = max(fits, key=lambda svm: svm.score(fit_held, y[held].numpy()))
+            rows[name]["accuracy"].append(best.score(fit_test, test_y.numpy()))
         accuracy = rows[name]["accuracy"]
         rows[name].update(mean=sum(accuracy) / len(accuracy), spread=max(accuracy) - min(accuracy))
     path = os.path.join(run.output_dir, "classify.json")
