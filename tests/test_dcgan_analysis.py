@@ -31,6 +31,17 @@ def test_guided_backprop_by_hand():
     assert torch.allclose(x.grad, torch.tensor([-0.8 + 15, 0.8 - 5]))
 
 
+def test_svm_loss_by_hand_and_a_separable_fit():
+    scores, W = torch.tensor([[2.0, 0.5, -1.0], [0.0, -2.0, 3.0]]), torch.tensor([[1.0, -1.0, 2.0]])
+    # sample 0 is class 0: margins 1-2<0, 1+0.5, 1-1<=0 -> 1.5^2; sample 1 is class 2: 1+0, 1-2<0, 1-3<0 -> 1
+    assert analysis.svm_loss(scores, W.square().sum(), torch.tensor([0, 2]), C=0.5).item() == pytest.approx(
+        0.5 * 6 + 0.5 * (2.25 + 1))
+    torch.manual_seed(0)
+    x, labels = torch.randn(30, 50), torch.arange(30) % 3  # more features than rows: separable
+    W = analysis.linear_fit(x, labels, C=1.0)
+    assert W.shape == (51, 3) and analysis.accuracy_of(W, x, labels) == 1.0
+
+
 def test_z_arithmetic_and_its_terms():
     bank = torch.arange(30.0).view(10, 3)
     terms = analysis.parse_terms("1,2,3 - 4,5 + 9", 10)
