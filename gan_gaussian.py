@@ -235,15 +235,15 @@ def train(args):
         if epoch % log_every == 0 or epoch == last:
             means = (sums / (epoch - (rows[-1][0] if rows else 0))).tolist()  # the host read
             if not all(map(math.isfinite, means[:2])):
-                fail(f"training diverged: loss is {means[0]} (D), {means[1]} (G) by epoch {epoch}",
-                     1)
+                fail(f"training diverged: loss is {means[0]} (D), {means[1]} (G) by epoch "
+                     f"{epoch}", 1)
             moment = [*moments(batches[-1][0].view(1, -1))[0], *moments(fake.view(1, -1))[0]]
             elapsed = time.perf_counter() - start
-            rows.append([epoch, epoch, *means, n * args.d_steps * epoch / elapsed, elapsed,
-                         *[m.item() for m in moment]])
+            rate = n * args.d_steps * epoch / elapsed
+            rows.append([epoch, epoch, *means, rate, elapsed, *[m.item() for m in moment]])
             print(f"epoch {epoch}/{last}  loss_D {means[0]:.3f}  loss_G {means[1]:.3f}  D(x) "
                   f"{means[2]:.3f}  D(G(z)) {means[3]:.3f}  real {moment[0]:.2f} {moment[1]:.2f}"
-                  f"  fake {moment[4]:.2f} {moment[5]:.2f}  {rows[-1][6]:,.0f} samples/s  ETA "
+                  f"  fake {moment[4]:.2f} {moment[5]:.2f}  {rate:,.0f} samples/s  ETA "
                   f"{elapsed * (last - epoch) / epoch:.0f} s")
             with torch.no_grad():
                 frames.append((epoch, torch.histc(G(fixed_noise), 60, *edges[[0, -1]].tolist())))

@@ -1063,14 +1063,14 @@ def train_mixture(args, ckpt):
     scatter(mixture_points(2000, "cpu", torch.Generator().manual_seed(0)),
             os.path.join(out, "real.png"), "real data")
     progress = Progress(os.path.join(out, "log.csv"), total, iteration, elapsed)
-    last = min(total, iteration + 2) if args.dry_run else total
+    last, targets = min(total, iteration + 2) if args.dry_run else total, eq2_targets(args)
     print(f"{SCRIPT}: {vars(args)}\n{SCRIPT}: mixture8, {iterations} iterations of "
           f"{args.batch_size} per epoch, from iteration {iteration} of {total} on {device}")
     with StopOnSignal() as stop:
         while iteration < last:
             x = mixture_points(args.batch_size, device)
             z = torch.randn(args.batch_size, args.nz, device=device)
-            stats = simultaneous_step(G, D, opt_G, opt_D, x, z, eq2_targets(args), args.loss)
+            stats = simultaneous_step(G, D, opt_G, opt_D, x, z, targets, args.loss)
             progress.add(stats, args.batch_size)
             iteration += 1
             epoch, step = (iteration - 1) // iterations + 1, (iteration - 1) % iterations + 1
