@@ -16,7 +16,7 @@ Deviations from the tutorial (each also stated where it happens; docs/RESULTS.md
   - two hidden layers of 32 ELU units in G and D (the tutorial: 5 tanh units in G, 10 sigmoid
     units in D) and D returns a logit.
 
-Run:     python gan_gaussian.py                      # D sees 4 moments; ~8 s on 2 CPU cores
+Run:     python gan_gaussian.py                      # D sees 4 moments; ~9 s on 2 CPU cores
          python gan_gaussian.py --preprocess raw     # D sees samples; learns the shape; ~12 s
 Smoke:   python gan_gaussian.py --dry-run --output-dir /tmp/gauss-smoke
 Sample:  python gan_gaussian.py --generate 10000     # -> output/gan_gaussian/samples.npy
