@@ -3,6 +3,7 @@
 
     python evaluate.py SAMPLES --dataset mnist --dataroot DIR   # SAMPLES: PNG folder or .npy
     python evaluate.py --real --dataset mnist --dataroot DIR    # the real-vs-real floor
+    python evaluate.py SAMPLES --parzen --dataroot DIR          # Goodfellow et al.'s Table 1
 
 A small CNN (two 3x3 convolutions, a 128-unit layer) is trained on the training split on first
 use (seeded, CPU, two epochs, ~2 minutes on 2 cores) and kept as <dataroot>/<MNIST|FashionMNIST>/
@@ -15,6 +16,7 @@ evaluate_classifier.pt. Printed:
   - confidence: the mean of the classifier's top softmax probability.
 Samples: PNGs (any size: made grey and resized to 28x28 with antialiasing) or a .npy of images,
 uint8 or floats in [-1, 1]; at least 1,000 (a 128-d covariance needs many); RESULTS.md: 10,000.
+--parzen: instead, the GAN paper's Parzen-window log-likelihood of the test images (see parzen()).
 """
 import argparse
 import os
@@ -29,6 +31,7 @@ import torch.nn.functional as F
 FOLDERS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
 MIN_SAMPLES = 1000
 EPOCHS, BATCH, SEED = 2, 128, 0
+PARZEN_SAMPLES, PARZEN_VALID = 10_000, slice(50_000, 51_000)  # parzen_ll.py's
 
 
 class Classifier(nn.Module):
@@ -122,7 +125,7 @@ def frechet(a, b):
     return ((mu_a - mu_b).square().sum() + s_a.trace() + s_b.trace() - 2 * cross).item()
 
 
-def load_samples(path):
+def load_samples(path, minimum):
     """Samples as floats (N, 1, 28, 28) in [-1, 1]."""
     if os.path.isdir(path):
         import imageio.v3 as iio
@@ -151,11 +154,33 @@ def load_samples(path):
         x = x.mean(1, keepdim=True)
     else:
         fail(f"{path}: not a folder of PNGs nor a .npy file")
-    if len(x) < MIN_SAMPLES:
-        fail(f"{len(x)} samples in {path}: a stable classifier FID needs at least {MIN_SAMPLES}")
+    if len(x) < minimum:
+        fail(f"{len(x):,} samples in {path}: at least {minimum:,} needed (RESULTS.md: 10,000)")
     if x.shape[-1] != 28 or x.shape[-2] != 28:
         x = F.interpolate(x, size=(28, 28), mode="bilinear", antialias=True, align_corners=False)
     return x.clamp(-1, 1)
+
+
+def parzen_log_likelihood(points, centres, sigma):
+    """log mean_i N(x; c_i, sigma^2 I) = log mean_i exp(-|x - c_i|^2 / (2 sigma^2)) - d log(sigma
+    sqrt(2 pi)) of each point x (rows) for each sigma (columns), in float64."""
+    sigma, centres = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1), centres.double()
+    rows = [torch.logsumexp(-torch.cdist(part, centres)[..., None].square() / (2 * sigma ** 2), 1)
+            for part in points.double().split(250)]  # each (250, S)
+    normaliser = points.shape[1] * torch.log(sigma * np.sqrt(2 * np.pi))
+    return torch.cat(rows) - np.log(len(centres)) - normaliser
+
+
+def parzen(samples, train_images, test_images):
+    """Goodfellow et al. 2014, Table 1, as parzen_ll.py: pixels in [0, 1]; of logspace(-1, 0, 10),
+    the sigma with the best mean log-likelihood of training images 50,000-50,999 (the authors'
+    validation split's first 1,000). Returns the test images' mean, its standard error, sigma."""
+    centres = samples[:PARZEN_SAMPLES].flatten(1).add(1).div(2)
+    sigmas = torch.logspace(-1, 0, 10, dtype=torch.float64)
+    valid = train_images[PARZEN_VALID].flatten(1).div(255)
+    sigma = sigmas[parzen_log_likelihood(valid, centres, sigmas).mean(0).argmax()]
+    test = parzen_log_likelihood(test_images.flatten(1).div(255), centres, sigma)[:, 0]
+    return test.mean().item(), test.std(correction=0).item() / np.sqrt(len(test)), sigma.item()
 
 
 def score(net, samples, reference):
@@ -174,11 +199,14 @@ def main(argv=None):
     p.add_argument("--dataset", choices=list(FOLDERS), default="mnist")
     p.add_argument("--dataroot", default="./data", help="holds MNIST/ or FashionMNIST/")
     p.add_argument("--real", action="store_true", help="score 10,000 training images: the floor")
+    p.add_argument("--parzen", action="store_true", help="the GAN paper's Parzen log-likelihood")
     p.error = fail  # one line, exit 2
     args = p.parse_args(argv)
     if bool(args.samples) == args.real:
         fail("give SAMPLES or --real, not both or neither")
-    samples = None if args.real else load_samples(args.samples)  # bad input fails before training
+    if args.parzen:
+        return parzen_report(args)
+    samples = None if args.real else load_samples(args.samples, MIN_SAMPLES)
     net, accuracy = classifier(args)
     test_images, _ = load_split(args, train=False)
     reference, _ = predict(net, to_input(test_images))
@@ -194,6 +222,20 @@ def main(argv=None):
           f"  class shares     {result['smallest_share']:.3f} .. {result['largest_share']:.3f}\n"
           f"  confidence       {result['confidence']:.3f}")
     return result
+
+
+def parzen_report(args):
+    """--parzen: of SAMPLES (their first 10,000), or with --real of training images 0-9,999."""
+    samples = None if args.real else load_samples(args.samples, PARZEN_SAMPLES)
+    train_images, test_images = load_split(args, True)[0], load_split(args, False)[0]
+    if len(train_images) < PARZEN_VALID.stop:
+        fail(f"--parzen picks sigma on training images 50,000-50,999: {len(train_images)} here")
+    if args.real:
+        samples = to_input(train_images[:PARZEN_SAMPLES])
+    mean, error, sigma = parzen(samples, train_images, test_images)
+    print(f"{args.samples or 'real training images'}: Parzen log-likelihood of the test images "
+          f"{mean:.1f} +- {error:.1f} (sigma {sigma:.3f}; the paper's Table 1, MNIST: 225 +- 2)")
+    return {"parzen": mean, "parzen_se": error, "sigma": sigma}
 
 
 if __name__ == "__main__":

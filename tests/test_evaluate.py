@@ -54,14 +54,14 @@ def test_png_folders_of_any_size_are_grey_28x28(data, monkeypatch):
     rng = np.random.default_rng(1)
     for i in range(6):
         iio.imwrite(f"rgb64/{i:06d}.png", rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
-    x = evaluate.load_samples("rgb64")
+    x = evaluate.load_samples("rgb64", 5)
     assert x.shape == (6, 1, 28, 28) and x.min() >= -1 and x.max() <= 1
     assert evaluate.main(["rgb64", "--dataroot", data])["samples"] == 6
 
 
 def test_bad_input_gets_one_line_and_trains_nothing(data, capsys):
     np.save("few.npy", np.zeros((10, 28, 28), np.uint8))
-    assert "at least 1000" in one_line_error(capsys, ["few.npy", "--dataroot", data])
+    assert "at least 1,000" in one_line_error(capsys, ["few.npy", "--dataroot", data])
     np.save("points.npy", np.zeros((2000, 2), np.float32))
     assert "expected images" in one_line_error(capsys, ["points.npy", "--dataroot", data])
     os.makedirs("empty")
@@ -69,3 +69,36 @@ def test_bad_input_gets_one_line_and_trains_nothing(data, capsys):
     assert "not a folder" in one_line_error(capsys, ["missing.npy", "--dataroot", data])
     assert "not both" in one_line_error(capsys, ["--dataroot", data])
     assert not os.path.exists(os.path.join(data, "MNIST", "evaluate_classifier.pt"))
+
+
+def test_parzen_log_likelihood_in_closed_form():
+    """One centre: log N(x; c, s^2 I) = -|x - c|^2 / (2 s^2) - d log(s sqrt(2 pi)). Two centres, one of
+    them at x and the other far away: log(1/2) + log N(x; x, s^2 I) = -log 2 - d log(s sqrt(2 pi))."""
+    torch.manual_seed(0)
+    x, c = torch.rand(3, 784), torch.rand(1, 784)
+    by_hand = -(x - c).double().square().sum(1) / (2 * 0.2 ** 2) - 784 * np.log(0.2 * np.sqrt(2 * np.pi))
+    assert torch.allclose(evaluate.parzen_log_likelihood(x, c, 0.2)[:, 0], by_hand, rtol=1e-9)
+    centres = torch.cat([x[:1], x[:1] + 10])
+    two = evaluate.parzen_log_likelihood(x[:1], centres, [0.1, 1.0])
+    assert torch.allclose(two[0], -np.log(2) - 784 * torch.log(torch.tensor([0.1, 1.0], dtype=torch.float64)
+                                                              * np.sqrt(2 * np.pi)), rtol=1e-9)
+
+
+def test_parzen_protocol_picks_sigma_on_images_50000_to_50999(monkeypatch):
+    """Samples = the validation images themselves: the smallest sigma of the grid wins; the test score is the
+    closed form of the mean over the test images."""
+    monkeypatch.setattr(evaluate, "PARZEN_VALID", slice(2, 4))
+    train = torch.randint(0, 256, (4, 28, 28), dtype=torch.uint8)
+    samples = evaluate.to_input(train[2:4])
+    test = train[2:3]  # at one sample, far from the other: log(1/2) + log N(0; 0, 0.1^2 I)
+    mean, error, sigma = evaluate.parzen(samples, train, test)
+    assert sigma == pytest.approx(0.1)
+    far = (train[2].double() - train[3].double()).div(255).square().sum() / (2 * 0.01)
+    assert mean == pytest.approx((-np.log(2) - 784 * np.log(0.1 * np.sqrt(2 * np.pi))
+                                  + np.log1p(np.exp(-far.item()))), rel=1e-9) and error == 0
+
+
+def test_parzen_needs_10000_samples(data, capsys):
+    np.save("s.npy", np.zeros((9999, 28, 28), dtype=np.uint8))
+    err = one_line_error(capsys, ["s.npy", "--parzen", "--dataroot", data])
+    assert "9,999 samples" in err and "10,000" in err
