@@ -230,12 +230,10 @@ def parzen_report(args):
     train_images, test_images = load_split(args, True)[0], load_split(args, False)[0]
     if len(train_images) < PARZEN_VALID.stop:
         fail(f"--parzen picks sigma on training images 50,000-50,999: {len(train_images)} here")
-    if args.real:
-        samples = to_input(train_images[:PARZEN_SAMPLES])
+    samples = to_input(train_images[:PARZEN_SAMPLES]) if args.real else samples
     mean, error, sigma = parzen(samples, train_images, test_images)
     print(f"{args.samples or 'real training images'}: Parzen log-likelihood of the test images "
           f"{mean:.1f} +- {error:.1f} (sigma {sigma:.3f}; the paper's Table 1, MNIST: 225 +- 2)")
-    return {"parzen": mean, "parzen_se": error, "sigma": sigma}
 
 
 if __name__ == "__main__":

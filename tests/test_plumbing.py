@@ -20,7 +20,7 @@ BUDGETS = {"gan_gaussian.py": 340,   # issue: 280
            "dcgan.py": 850,          # issue: 700
            "dcgan_analysis.py": 430,  # issue: 320
            "lsgan.py": 1120,         # issue: 880
-           "utils.py": 120, "evaluate.py": 200, "README.md": 300}
+           "utils.py": 120, "evaluate.py": 240, "README.md": 300}  # evaluate: 200, +40 (#28)
 PLUMBING_BUDGET = 180  # issue: 130
 
 
