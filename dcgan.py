@@ -16,7 +16,9 @@ Deviations (each also stated where it happens):
   - 8ngf = 512 channels at 4x4, as in the Torch code; the paper's Fig. 1 draws 1,024;
   - samples are drawn with BatchNorm in eval mode (running statistics): see sample();
   - the latent walk follows great circles (slerp), not the paper's straight lines (--lerp);
-  - LSUN is not de-duplicated (the paper's section 4.1.1 removes near-duplicate images).
+  - LSUN is not de-duplicated (the paper's section 4.1.1 removes near-duplicate images);
+  - D's target for real images is 0.9 (Salimans et al. 2016's one-sided label smoothing;
+    --label-smoothing 0: the paper's 1), and a run that D wins outright stops at iteration 200.
 Data: the mnists and cifar10 live on the device; folder datasets and lsun are decoded once into a
 uint8 file at the training size (--no-cache: every epoch); --dataset fake: random images.
 
@@ -77,9 +79,11 @@ def build_parser(p):
     g.add_argument("--lr-d", type=number(float, 0), help="D's rate where it differs from --lr")
     g.add_argument("--beta1", type=number(float, 0, 1), default=0.5, help="Adam's (paper: 0.5)")
     g.add_argument("--beta2", type=number(float, 0, 1), default=0.999, help="Adam's beta2")
+    g.add_argument("--label-smoothing", type=number(float, 0, 1), default=0.1, metavar="S",
+                   help="D's target for real images is 1 - S (Salimans et al. 2016; a deviation: "
+                   "0 is the paper's recipe)")
     g = p.add_argument_group("speed")
-    g.add_argument("--amp", action="store_true",
-                   help="autocast to bfloat16 (float16 + GradScaler on GPUs without bf16)")
+    g.add_argument("--amp", action="store_true", help="autocast to bfloat16")
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
                    help="NHWC images and weights (default: on for the CPU, off elsewhere)")
     g.add_argument("--compile", action="store_true", help="torch.compile G and D")
@@ -172,10 +176,10 @@ def g_loss(logits):
 
 # ---- one iteration ----
 
-def train_step(G, D, opt_G, opt_D, x, z, amp=False):
+def train_step(G, D, opt_G, opt_D, x, z, amp=False, smoothing=0.0):
     """One D-step, then one G-step (Algorithm 1 of Goodfellow et al. with k = 1). x: real images,
-    z: noise for as many; amp: bfloat16 autocast. Returns (loss_D, loss_G, D(x), D(G(z))) on the
-    device: no host reads."""
+    z: noise for as many; amp: bfloat16 autocast; smoothing: see (1). Returns (loss_D, loss_G,
+    D(x), D(G(z))) on the device: no host reads."""
     # (1) D: the real and the generated batch in separate passes, so that each BatchNorm normalises
     # a pure batch, as in the authors' code; like theirs, each is backpropagated before the next
     # forward, so one graph of D is held at a time. Under DDP, D's gradients are summed locally
@@ -184,7 +188,9 @@ def train_step(G, D, opt_G, opt_D, x, z, amp=False):
     with no_sync(D):
         with autocast(x, amp):
             real_logits = D(x).float()
-            loss_real = d_loss(real_logits, 1.0)
+            # Deviation: one-sided label smoothing (Salimans et al. 2016, arXiv:1606.03498v1,
+            # section 3.4): real target 1 - smoothing (README, "Runs that end in noise")
+            loss_real = d_loss(real_logits, 1.0 - smoothing)
         loss_real.backward()
     with autocast(x, amp):
         fake = G(z)
@@ -461,6 +467,7 @@ def train(args, ckpt):
                         iteration, elapsed, world.say, world.mean)
     last = min(total, iteration + 2) if args.dry_run else total
     log_every, first, stopping = 1 if args.dry_run else args.log_every, iteration, False
+    late_d_g_z = torch.zeros((), device=device)
     world.say(f"{SCRIPT}: {vars(args)}\n{SCRIPT}: {data.size} images, {iterations} iterations of "
               f"{args.batch_size} per epoch, {world.size} process(es) on {device}, from iteration "
               f"{iteration} of {total}")
@@ -473,13 +480,18 @@ def train(args, ckpt):
                 # Every process draws the global batch's z from the same stream and keeps its
                 # share: N processes use the z that one process would.
                 z = torch.randn(args.batch_size, args.nz, device=device)[world.rank::world.size]
-                stats = train_step(G_step, D_step, opt_G, opt_D, x, z, args.amp)
+                stats = train_step(G_step, D_step, opt_G, opt_D, x, z, args.amp,
+                                   args.label_smoothing)
                 progress.add(stats, args.batch_size)
                 iteration, step = iteration + 1, step + 1
                 stopping = world.agree(stop.requested)
                 if iteration % log_every == 0 or iteration == last or stopping:
                     progress.line(epoch + 1, iteration, f"[epoch {epoch + 1}/{args.epochs}]"
                                   f"[iter {step}/{iterations}]")
+                if first <= 150 < iteration <= 200:  # a run that ends in noise: see noise_check
+                    late_d_g_z += stats[3] / 50
+                    if iteration == 200:
+                        noise_check(world.mean(late_d_g_z).item())
                 if iteration == last or stopping:
                     break
             if world.rank == 0:  # G(fixed z) after (the latest point of) each epoch, and the state
@@ -500,6 +512,14 @@ def train(args, ckpt):
                  title=f"{SCRIPT} ({args.dataset})")
     world.say(f"{SCRIPT}: done: {iteration} iterations, {progress.elapsed:.1f} s in all, "
               f"{iteration - first} of them now. Outputs in {out}")
+
+
+def noise_check(d_g_z):
+    """Stops a run whose D(G(z)), averaged over iterations 151-200, is below 0.01: in the runs we
+    measured (README, "Runs that end in noise"), each that showed it ended in noise."""
+    if d_g_z < 0.01:
+        fail(f"D(G(z)) averaged {d_g_z:.4f} over iterations 151-200: D has won, and runs that do "
+             "this end in noise. Stopped; try another --seed", 1)
 
 
 def build(args, nc, device):

@@ -12,16 +12,16 @@ the paper's scene network (Fig. 3): z of 1024 -> fc 7x7x256 -> 3x3 transposed co
 stride 2 and 1 -> 112x112; D: 5x5 stride-2 convolutions 64-128-256-512, a linear score. It starts
 from (size/16)^2: --image-size 112 is the paper's. Adam with beta1 0.5 (section 4.1); --arch lsgan
 defaults to the authors' train_lsun.py (lr 1e-3, batch 64, z of 1024), --arch dcgan to DCGAN's.
-Section 4.3's stability experiment: --dataset mixture8, as the authors' mixture script runs it
-(its own section below the banner). Samples use BatchNorm's running statistics, as the authors'
-sampler does (batch_norm with train=False).
+Section 4.3's stability experiment: --dataset mixture8, the authors' mixture script (its own
+section below the banner). Samples use BatchNorm's running statistics, as the authors' sampler.
 
 Deviations (each also stated where it happens):
   - --arch dcgan --loss ls: D's score layer starts from N(0, 0.002), not N(0, 0.02) (--score-std);
   - z ~ N(0, I) (the authors' code: U(-1, 1)); Eq. 2's expectations are batch means (the
     authors' tf.nn.l2_loss sums over the batch: a scale that Adam largely divides out);
   - mixture8: 8 equal modes (the authors' sampler gives one of them twice the weight);
-  - the rest is dcgan.py's (data, devices, speed options, torchrun, LSUN not de-duplicated).
+  - the rest is dcgan.py's (data, devices, speed options, torchrun, LSUN not de-duplicated; for
+    --loss bce, one-sided label smoothing and the stop of a run that D wins outright).
 
 Run:     python lsgan.py --dataset mnist --dataroot DIR --epochs 1
          python lsgan.py --arch lsgan --image-size 112 --dataset lsun --classes church_outdoor \\
@@ -79,6 +79,9 @@ def build_parser(p):
                    help="least squares (Eq. 2) or the regular GAN loss")
     g.add_argument("--coding", choices=list(CODINGS), default="0-1-1",
                    help="a-b-c of Eq. 2: 0-1-1 (authors' code) or pearson (a=-1, b=1, c=0)")
+    g.add_argument("--label-smoothing", type=number(float, 0, 1), metavar="S",
+                   help="bce: D's target for real images is 1 - S [0.1 (Salimans et al. 2016, a "
+                   "deviation, as dcgan.py's); mixture: 0, the authors' protocol]")
     g = p.add_argument_group("model")
     g.add_argument("--arch", choices=["dcgan", "lsgan"], default="dcgan",
                    help="dcgan.py's network, or the paper's scene network (Fig. 3)")
@@ -102,8 +105,7 @@ def build_parser(p):
     g.add_argument("--beta1", type=number(float, 0, 1), default=0.5, help="Adam's (paper: 0.5)")
     g.add_argument("--beta2", type=number(float, 0, 1), default=0.999, help="Adam's beta2")
     g = p.add_argument_group("speed")
-    g.add_argument("--amp", action="store_true",
-                   help="autocast to bfloat16 (float16 + GradScaler on GPUs without bf16)")
+    g.add_argument("--amp", action="store_true", help="autocast to bfloat16")
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
                    help="NHWC images and weights (default: on for the CPU, off elsewhere)")
     g.add_argument("--compile", action="store_true", help="torch.compile G and D")
@@ -244,8 +246,9 @@ def d_loss(scores, target, loss="ls"):
 
 
 def eq2_targets(args):
-    """(a, b, c) of Eq. 2 for --coding; bce's targets are 0 for generated, 1 for real and for G."""
-    return CODINGS[args.coding] if args.loss == "ls" else (0.0, 1.0, 1.0)
+    """(a, b, c) of Eq. 2 for --coding. bce: 0 for generated, 1 for G, and for real 1 less
+    --label-smoothing (deviation: one-sided label smoothing, Salimans et al. 2016, section 3.4)."""
+    return CODINGS[args.coding] if args.loss == "ls" else (0.0, 1.0 - args.label_smoothing, 1.0)
 
 
 def g_loss(scores, target, loss="ls"):
@@ -517,6 +520,10 @@ def settle(args):
         "mixture8" if args.dataset == "mixture8" else args.arch]
     args.nz, args.lr, args.epochs = args.nz or nz, args.lr or lr, args.epochs or epochs
     args.batch_size, args.lr_d = args.batch_size or batch_size, args.lr_d or lr_d or args.lr
+    if args.label_smoothing is None:
+        args.label_smoothing = 0.1 if args.loss == "bce" and args.dataset != "mixture8" else 0.0
+    elif args.label_smoothing and args.loss == "ls":
+        fail("--label-smoothing is for --loss bce: Eq. 2 sets its own targets (--coding)")
     if args.score_std is None:
         args.score_std = 0.002 if args.loss == "ls" and args.arch == "dcgan" else INIT_STD
     sizes = IMAGE_SIZES[args.arch]
@@ -563,6 +570,7 @@ def train(args, ckpt):
                         iteration, elapsed, world.say, world.mean)
     last = min(total, iteration + 2) if args.dry_run else total
     log_every, first, stopping = 1 if args.dry_run else args.log_every, iteration, False
+    late_d_g_z = torch.zeros((), device=device)
     world.say(f"{SCRIPT}: {vars(args)}\n{SCRIPT}: {data.size} images, {iterations} iterations of "
               f"{args.batch_size} per epoch, {world.size} process(es) on {device}, from iteration "
               f"{iteration} of {total}")
@@ -582,6 +590,10 @@ def train(args, ckpt):
                 if iteration % log_every == 0 or iteration == last or stopping:
                     progress.line(epoch + 1, iteration, f"[epoch {epoch + 1}/{args.epochs}]"
                                   f"[iter {step}/{iterations}]")
+                if args.loss == "bce" and first <= 150 < iteration <= 200:  # see noise_check
+                    late_d_g_z += stats[3] / 50
+                    if iteration == 200:
+                        noise_check(world.mean(late_d_g_z).item())
                 if iteration == last or stopping:
                     break
             if world.rank == 0:  # G(fixed z) after (the latest point of) each epoch, and the state
@@ -609,6 +621,14 @@ def networks(args, nc):
         return LSGANGenerator(args.nz, nc, args.image_size), LSGANDiscriminator(nc, args.image_size)
     return Generator(args.nz, args.ngf, nc, args.image_size), Discriminator(args.ndf, nc,
                                                                            args.image_size)
+
+
+def noise_check(d_g_z):
+    """--loss bce: stops a run whose D(G(z)), averaged over iterations 151-200, is below 0.01, as
+    dcgan.py does (README, "Runs that end in noise")."""
+    if d_g_z < 0.01:
+        fail(f"D(G(z)) averaged {d_g_z:.4f} over iterations 151-200: D has won, and runs that do "
+             "this end in noise. Stopped; try another --seed", 1)
 
 
 def build(args, nc, device):

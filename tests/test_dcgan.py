@@ -72,6 +72,17 @@ def test_d_loss_is_eq1_negated_and_g_loss_non_saturating():
     by_hand = -(math.log(sig(2)) + math.log(sig(0))) / 2 - (math.log(1 - sig(-1)) + math.log(1 - sig(1))) / 2
     assert (dcgan.d_loss(real, 1.0) + dcgan.d_loss(fake, 0.0)).item() == pytest.approx(by_hand, abs=1e-6)
     assert dcgan.g_loss(fake).item() == pytest.approx(-(math.log(sig(-1)) + math.log(sig(1))) / 2, abs=1e-6)
+    smoothed = -(0.9 * math.log(sig(2)) + 0.1 * math.log(1 - sig(2)) + 0.9 * math.log(sig(0)) + 0.1 * math.log(sig(0))) / 2
+    assert dcgan.d_loss(real, 0.9).item() == pytest.approx(smoothed, abs=1e-6)  # one-sided label smoothing
+
+
+def test_a_run_that_ends_in_noise_stops_at_iteration_200(run):
+    # Forced: G barely moves (--lr 1e-9) while D learns fast, so D(G(z)) falls to ~0 at once.
+    code, out, err = run(dcgan.main, ["--dataset", "fake", "--image-size", 32, "--ngf", 4, "--ndf", 4, "--batch-size", 4,
+                                      "--lr", "1e-9", "--lr-d", "0.01", "--output-dir", "d"])
+    assert code == 1 and len(err.splitlines()) == 1, err
+    assert err.startswith("error: D(G(z)) averaged 0.00") and "iterations 151-200" in err and "--seed" in err
+    assert "[iter 200/2500]" in out and "[iter 250/" not in out
 
 
 def test_samples_use_running_statistics_and_leave_them_alone():

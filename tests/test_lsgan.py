@@ -212,6 +212,7 @@ def test_real_formats(run, tmp_path, monkeypatch):
     (["--coding", "1-2-3"], "--coding"), (["--arch", "lsgan", "--image-size", "48"], "--image-size"),
     (["--loss", "hinge"], "--loss"), (["--batch-size", "0"], "--batch-size"), (["--lr-d", "-1"], "--lr-d"),
     (["--score-std", "-1"], "--score-std"), (["--mixture-protocol", "alternating"], "unrecognized"),
+    (["--label-smoothing", "0.1"], "--loss bce"),
 ])
 def test_bad_options_get_one_line(run, argv, expect):
     assert expect in one_line_error(run, ["--dataset", "fake", "--output-dir", "d"] + argv)
@@ -232,3 +233,14 @@ def test_d_step_backpropagates_the_real_batch_first_and_reduces_once():
     ddp_D = DdpLikeD(D)
     lsgan.train_step(G, ddp_D, opt_G, opt_D, torch.rand(4, 3, 32, 32) * 2 - 1, torch.randn(4, args.nz))
     assert ddp_D.events == ["forward in no_sync", "backward in no_sync", "forward", "backward"]
+
+
+def test_bce_smooths_real_targets_and_stops_a_run_that_ends_in_noise(run):
+    args, _ = lsgan.get_options(["--dataset", "fake", "--loss", "bce", "--output-dir", "d"])
+    assert lsgan.eq2_targets(args) == (0.0, 0.9, 1.0)
+    mixture, _ = lsgan.get_options(["--dataset", "mixture8", "--loss", "bce", "--output-dir", "d"])
+    assert lsgan.eq2_targets(mixture) == (0.0, 1.0, 1.0)  # the authors' protocol
+    code, out, err = run(lsgan.main, ["--dataset", "fake", "--loss", "bce", "--image-size", 32, "--ngf", 4, "--ndf", 4,
+                                      "--batch-size", 4, "--lr", "1e-9", "--lr-d", "0.01", "--output-dir", "d"])
+    assert code == 1 and err.startswith("error: D(G(z)) averaged 0.00") and len(err.splitlines()) == 1, err
+    assert "[iter 200/2500]" in out

@@ -14,12 +14,12 @@ WITH_PLUMBING = ["gan_mnist", "dcgan", "lsgan"]  # the toy has no resume, signal
 BANNER = "# ---- run plumbing: the same in every script ----"
 # Lines (wc -l) each file may have: the budgets of the "Minimal again" issue where they were met;
 # where a file could not meet its budget without dropping what users rely on, its size then, with
-# the issue's figure in the comment. They may shrink, never grow.
+# the issue's figure in the comment. They may shrink; they grow only by what a later issue adds.
 BUDGETS = {"gan_gaussian.py": 340,   # issue: 280
            "gan_mnist.py": 520,      # issue: 420
-           "dcgan.py": 850,          # issue: 700
+           "dcgan.py": 870,          # issue: 700; +20 (#27: label smoothing, the stop at 200)
            "dcgan_analysis.py": 430,  # issue: 320
-           "lsgan.py": 1120,         # issue: 880
+           "lsgan.py": 1140,         # issue: 880; +20 (#27, as dcgan.py)
            "utils.py": 120, "evaluate.py": 240, "README.md": 300}  # evaluate: 200, +40 (#28)
 PLUMBING_BUDGET = 180  # issue: 130
 
