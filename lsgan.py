@@ -21,7 +21,7 @@ Deviations (each also stated where it happens):
     authors' tf.nn.l2_loss sums over the batch: a scale that Adam largely divides out);
   - mixture8: 8 equal modes (the authors' sampler gives one of them twice the weight);
   - the rest is dcgan.py's (data, devices, speed options, torchrun, LSUN not de-duplicated; for
-    --loss bce, one-sided label smoothing and the stop of a run that D wins outright).
+    --loss bce, the stop of a run that D wins outright and --label-smoothing).
 
 Run:     python lsgan.py --dataset mnist --dataroot DIR --epochs 1
          python lsgan.py --arch lsgan --image-size 112 --dataset lsun --classes church_outdoor \\
@@ -79,9 +79,9 @@ def build_parser(p):
                    help="least squares (Eq. 2) or the regular GAN loss")
     g.add_argument("--coding", choices=list(CODINGS), default="0-1-1",
                    help="a-b-c of Eq. 2: 0-1-1 (authors' code) or pearson (a=-1, b=1, c=0)")
-    g.add_argument("--label-smoothing", type=number(float, 0, 1), metavar="S",
-                   help="bce: D's target for real images is 1 - S [0.1 (Salimans et al. 2016, a "
-                   "deviation, as dcgan.py's); mixture: 0, the authors' protocol]")
+    g.add_argument("--label-smoothing", type=number(float, 0, 1), default=0.0, metavar="S",
+                   help="bce: D's target for real images is 1 - S (Salimans et al. 2016; a "
+                   "deviation, as dcgan.py's: 0, the default, is the paper's recipe)")
     g = p.add_argument_group("model")
     g.add_argument("--arch", choices=["dcgan", "lsgan"], default="dcgan",
                    help="dcgan.py's network, or the paper's scene network (Fig. 3)")
@@ -247,7 +247,7 @@ def d_loss(scores, target, loss="ls"):
 
 def eq2_targets(args):
     """(a, b, c) of Eq. 2 for --coding. bce: 0 for generated, 1 for G, and for real 1 less
-    --label-smoothing (deviation: one-sided label smoothing, Salimans et al. 2016, section 3.4)."""
+    --label-smoothing (0 by default; a deviation: Salimans et al. 2016, section 3.4)."""
     return CODINGS[args.coding] if args.loss == "ls" else (0.0, 1.0 - args.label_smoothing, 1.0)
 
 
@@ -520,9 +520,7 @@ def settle(args):
         "mixture8" if args.dataset == "mixture8" else args.arch]
     args.nz, args.lr, args.epochs = args.nz or nz, args.lr or lr, args.epochs or epochs
     args.batch_size, args.lr_d = args.batch_size or batch_size, args.lr_d or lr_d or args.lr
-    if args.label_smoothing is None:
-        args.label_smoothing = 0.1 if args.loss == "bce" and args.dataset != "mixture8" else 0.0
-    elif args.label_smoothing and args.loss == "ls":
+    if args.label_smoothing and args.loss == "ls":
         fail("--label-smoothing is for --loss bce: Eq. 2 sets its own targets (--coding)")
     if args.score_std is None:
         args.score_std = 0.002 if args.loss == "ls" and args.arch == "dcgan" else INIT_STD
@@ -628,7 +626,7 @@ def noise_check(d_g_z):
     dcgan.py does (README, "Runs that end in noise")."""
     if d_g_z < 0.01:
         fail(f"D(G(z)) averaged {d_g_z:.4f} over iterations 151-200: D has won, and runs that do "
-             "this end in noise. Stopped; try another --seed", 1)
+             "this end in noise. Stopped; try another --seed, or --label-smoothing 0.1", 1)
 
 
 def build(args, nc, device):

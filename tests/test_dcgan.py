@@ -81,7 +81,7 @@ def test_a_run_that_ends_in_noise_stops_at_iteration_200(run):
     code, out, err = run(dcgan.main, ["--dataset", "fake", "--image-size", 32, "--ngf", 4, "--ndf", 4, "--batch-size", 4,
                                       "--lr", "1e-9", "--lr-d", "0.01", "--output-dir", "d"])
     assert code == 1 and len(err.splitlines()) == 1, err
-    assert err.startswith("error: D(G(z)) averaged 0.00") and "iterations 151-200" in err and "--seed" in err
+    assert err.startswith("error: D(G(z)) averaged 0.00") and "iterations 151-200" in err and "--seed" in err and "--label-smoothing 0.1" in err
     assert "[iter 200/2500]" in out and "[iter 250/" not in out
 
 
