@@ -18,7 +18,7 @@ Deviations (each also stated where it happens):
   - the latent walk follows great circles (slerp), not the paper's straight lines (--lerp);
   - LSUN is not de-duplicated (the paper's section 4.1.1 removes near-duplicate images);
   - a run that D wins outright stops at iteration 200 (README, "Runs that end in noise");
-    --label-smoothing 0.1 (Salimans et al. 2016) avoided that in our runs, at a cost in FID.
+    --label-smoothing 0.1 (Salimans et al. 2016) avoided it in our runs but scored no better.
 Data: the mnists and cifar10 live on the device; folder datasets and lsun are decoded once into a
 uint8 file at the training size (--no-cache: every epoch); --dataset fake: random images.
 
