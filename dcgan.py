@@ -81,7 +81,7 @@ def build_parser(p):
     g.add_argument("--beta2", type=number(float, 0, 1), default=0.999, help="Adam's beta2")
     g.add_argument("--label-smoothing", type=number(float, 0, 1), default=0.0, metavar="S",
                    help="D's target for real images is 1 - S (Salimans et al. 2016; a deviation: "
-                   "0, the default, is the paper's recipe)")
+                   "0 is the paper's recipe)")
     g = p.add_argument_group("speed")
     g.add_argument("--amp", action="store_true", help="autocast to bfloat16")
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction,

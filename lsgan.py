@@ -81,7 +81,7 @@ def build_parser(p):
                    help="a-b-c of Eq. 2: 0-1-1 (authors' code) or pearson (a=-1, b=1, c=0)")
     g.add_argument("--label-smoothing", type=number(float, 0, 1), default=0.0, metavar="S",
                    help="bce: D's target for real images is 1 - S (Salimans et al. 2016; a "
-                   "deviation, as dcgan.py's: 0, the default, is the paper's recipe)")
+                   "deviation, as dcgan.py's: 0 is the paper's recipe)")
     g = p.add_argument_group("model")
     g.add_argument("--arch", choices=["dcgan", "lsgan"], default="dcgan",
                    help="dcgan.py's network, or the paper's scene network (Fig. 3)")
