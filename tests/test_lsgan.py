@@ -240,6 +240,8 @@ def test_bce_smooths_real_targets_when_asked_and_stops_a_run_that_ends_in_noise(
     assert lsgan.eq2_targets(args) == (0.0, 1.0, 1.0)  # the paper's recipe
     smoothed, _ = lsgan.get_options(["--dataset", "fake", "--loss", "bce", "--label-smoothing", "0.1", "--output-dir", "d"])
     assert lsgan.eq2_targets(smoothed) == (0.0, 0.9, 1.0)
+    mixture, _ = lsgan.get_options(["--dataset", "mixture8", "--loss", "bce", "--output-dir", "d"])
+    assert lsgan.eq2_targets(mixture) == (0.0, 1.0, 1.0)  # the authors' protocol
     code, out, err = run(lsgan.main, ["--dataset", "fake", "--loss", "bce", "--image-size", 32, "--ngf", 4, "--ndf", 4,
                                       "--batch-size", 4, "--lr", "1e-9", "--lr-d", "0.01", "--output-dir", "d"])
     assert code == 1 and err.startswith("error: D(G(z)) averaged 0.00") and len(err.splitlines()) == 1, err
