@@ -1,4 +1,5 @@
-"""Pictures the scripts share: image grids, sample files, the progress GIF and the loss plot.
+"""What the scripts share: image grids, sample files, the progress GIF, the loss plot, and the
+progress line of a long phase.
 
 Only what two or more scripts need lives here, and nothing paper-specific: each script keeps its
 own models, data, training loop and run plumbing, so that one script plus this file can be copied
@@ -6,6 +7,7 @@ out and run.
 """
 import csv
 import os
+import time
 
 import imageio.v3 as iio
 import numpy as np
@@ -83,3 +85,22 @@ def plot_log(csv_path, png_path, title=""):
     fig.tight_layout()
     fig.savefig(png_path, dpi=100)
     plt.close(fig)
+
+
+class Ticker:
+    """A long phase's progress, as a training loop shows it: ticker(done) prints done/total, the
+    rate and the ETA, at most every 10 s and at the end; under torchrun from each machine's first
+    process alone."""
+
+    def __init__(self, what, total):
+        self.what, self.total, self.start = what, total, time.perf_counter()
+        self.shown = self.start
+
+    def __call__(self, done):
+        now, done = time.perf_counter(), min(done, self.total)
+        first = os.environ.get("LOCAL_RANK", "0") == "0"
+        if first and (now - self.shown > 10 or done == self.total):
+            self.shown, rate = now, done / (now - self.start)
+            left = int((self.total - done) / rate)
+            print(f"{self.what} {done:,}/{self.total:,}  {rate:,.0f}/s  ETA {left // 60}:"
+                  f"{left % 60:02d}", flush=True)
