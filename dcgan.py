@@ -32,6 +32,7 @@ import argparse
 import atexit
 import contextlib
 import csv
+import functools
 import glob
 import json
 import math
@@ -46,7 +47,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from utils import plot_log, save_gif, save_grid, save_images, tile, to_uint8
+from utils import Ticker, plot_log, save_gif, save_grid, save_images, tile, to_uint8
 
 SCRIPT = "dcgan"
 DATASETS = ["cifar10", "lsun", "mnist", "fashion-mnist", "celeba", "folder", "imagenet", "lfw",
@@ -83,10 +84,12 @@ def build_parser(p):
                    help="D's target for real images is 1 - S (Salimans et al. 2016; a deviation: "
                    "0 is the paper's recipe)")
     g = p.add_argument_group("speed")
-    g.add_argument("--amp", action="store_true", help="autocast to bfloat16")
+    g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False,
+                   help="autocast to bfloat16")
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
                    help="NHWC images and weights (default: on for the CPU, off elsewhere)")
-    g.add_argument("--compile", action="store_true", help="torch.compile G and D")
+    g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
+                   help="torch.compile G and D")
     g.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=True,
                    help="under torchrun on CUDA, nn.SyncBatchNorm over the global batch (on the "
                    "CPU, gloo: each process normalises its own share)")
@@ -98,6 +101,8 @@ def build_parser(p):
     g.add_argument("--log-every", type=number(int, 1), default=50, help="iterations a log line")
     g.add_argument("--dry-run", action="store_true", help="2 iterations of <= 8, every output")
     g.add_argument("--resume", action="store_true", help="continue <output-dir>/checkpoint.pt")
+    g.add_argument("--checkpoint-every", type=number(float, 0), default=5.0, metavar="MINUTES",
+                   help="write the checkpoint this often, and at each epoch's end and on a stop")
     g.add_argument("--snapshot-every", type=number(int, 1), default=1, metavar="K",
                    help="keep G's weights every K epochs in <output-dir>/snapshots/")
     g.add_argument("--epoch", type=number(int, 1), metavar="K",
@@ -275,14 +280,18 @@ def get_options(argv):
     if args.epoch is not None and asked in ([], ["--resume"]):
         fail("--epoch K picks the snapshot that --generate or --interpolate draws from")
     path = os.path.join(args.output_dir, "checkpoint.pt")
-    if asked:
+    if asked:  # the run goes on as it was started (--dataroot, --amp, ...) but for what is given
         ckpt = load(path, "checkpoint")
-        saved = {k: v for k, v in ckpt["args"].items() if k not in RUN_KEYS}
+        saved = {k: v for k, v in ckpt["args"].items() if k not in COMMAND_KEYS}
         args = parser.parse_args(argv, argparse.Namespace(**saved))
         for key in MODEL_KEYS:
             if getattr(args, key) != saved[key]:
                 fail(f"{path} was trained with --{key.replace('_', '-')} {saved[key]}, not "
                      f"{getattr(args, key)}")
+        changed = [f"--{k.replace('_', '-')} {getattr(args, k)} (the run's: {v})"
+                   for k, v in saved.items() if getattr(args, k) != v]
+        if changed and os.environ.get("RANK", "0") == "0":
+            print(f"{SCRIPT}: changed from the run's options: {', '.join(changed)}", flush=True)
     elif os.path.exists(path):
         fail(f"{path} exists: continue that run with --resume, or choose another --output-dir")
     return settle(args), ckpt
@@ -304,9 +313,16 @@ def load(path, what):
 
 
 def save(state, path):
-    """Written under a temporary name and renamed into place: never half a file."""
-    torch.save({"script": SCRIPT, **state}, path + ".tmp")
+    """Via a temporary name, synced before and after the rename: never half a file, nor empty."""
+    with open(path + ".tmp", "wb") as f:
+        torch.save({"script": SCRIPT, **state}, f)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(path + ".tmp", path)
+    if hasattr(os, "O_DIRECTORY"):  # POSIX (Windows opens no folder)
+        folder = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY)
+        os.fsync(folder)
+        os.close(folder)
 
 
 def save_checkpoint(args, state):
@@ -395,10 +411,11 @@ class StopOnSignal:
         return self
 
     def handle(self, signum, frame):
-        if self.requested:
+        if not self.requested:
+            self.requested, self.since = True, time.monotonic()
+            print(f"\n{SCRIPT}: stopping after this step (again to stop now)", file=sys.stderr)
+        elif time.monotonic() - self.since > 2:  # sooner: a copy (torchrun forwards a scheduler's)
             fail("interrupted twice: stopped without a new checkpoint (the last one is kept)", 130)
-        self.requested = True
-        print(f"\n{SCRIPT}: stopping after this step (again to stop now)", file=sys.stderr)
 
     def exit(self, args, where, say=print):
         say(f"{SCRIPT}: stopped at {where}; checkpoint saved. Resume with:\n"
@@ -416,14 +433,13 @@ def main(argv=None):
     try:
         (MODES[mode] if mode else train)(args, ckpt)
     except OSError as e:  # an --output-dir that cannot be made or written, a full disk: one line
-        fail(f"{e.filename}: {e.strerror}")
+        fail(f"{e.filename}: {e.strerror}" if e.filename else str(e))
 
 
 # ---- this script's run: the loop, its data, several processes, samples ----
 
-# Options a resumed or sampling run may change; options that must match the checkpoint.
-RUN_KEYS = ("output_dir", "device", "dry_run", "resume", "generate", "epoch", "interpolate",
-            "lerp", "dataroot", "workers", "cache", "amp", "channels_last", "compile", "sync_bn")
+# Options of one command, never taken from the checkpoint; options that must match it.
+COMMAND_KEYS = ("output_dir", "resume", "dry_run", "generate", "epoch", "interpolate", "lerp")
 MODEL_KEYS = ("dataset", "classes", "image_size", "nz", "ngf", "ndf")
 
 
@@ -471,6 +487,7 @@ def train(args, ckpt):
     world.say(f"{SCRIPT}: {vars(args)}\n{SCRIPT}: {data.size} images, {iterations} iterations of "
               f"{args.batch_size} per epoch, {world.size} process(es) on {device}, from iteration "
               f"{iteration} of {total}")
+    saved_at = time.monotonic()
     with StopOnSignal() as stop:
         while iteration < last:
             epoch, step = divmod(iteration, iterations)
@@ -484,17 +501,18 @@ def train(args, ckpt):
                                    args.label_smoothing)
                 progress.add(stats, args.batch_size)
                 iteration, step = iteration + 1, step + 1
-                stopping = world.agree(stop.requested)
-                if iteration % log_every == 0 or iteration == last or stopping:
+                stopping, saving = world.agree(
+                    stop.requested, time.monotonic() - saved_at > 60 * args.checkpoint_every)
+                if iteration % log_every == 0 or iteration == last or stopping or saving:
                     progress.line(epoch + 1, iteration, f"[epoch {epoch + 1}/{args.epochs}]"
                                   f"[iter {step}/{iterations}]")
                 if first <= 150 < iteration <= 200:  # a run that ends in noise: see noise_check
                     late_d_g_z += stats[3] / 50
                     if iteration == 200:
                         noise_check(world.mean(late_d_g_z).item())
-                if iteration == last or stopping:
+                if iteration == last or stopping or saving:
                     break
-            if world.rank == 0:  # G(fixed z) after (the latest point of) each epoch, and the state
+            if world.rank == 0:  # G(fixed z) at (the latest point of) each epoch, and the state
                 save_grid(sample(G, fixed_noise), os.path.join(out, f"epoch_{epoch + 1:03d}.png"))
                 save_checkpoint(args, {
                     "epoch": iteration // iterations, "iteration": iteration,
@@ -503,6 +521,7 @@ def train(args, ckpt):
                     "fixed_noise": fixed_noise.cpu()})
                 if iteration % iterations == 0:  # a whole epoch
                     snapshot(args, iteration // iterations, G=G.state_dict())
+            saved_at = time.monotonic()
             if stopping:
                 stop.exit(args, f"iteration {iteration}", world.say)
     if world.rank == 0:
@@ -608,26 +627,28 @@ class World:
     def wrap(self, net, args):
         """What the step trains through: torch.compile'd (--compile); under torchrun, DDP, with
         nn.SyncBatchNorm on CUDA (--sync-bn; the same parameters and buffers, converted in place).
-        On the CPU (gloo) each process's BatchNorm normalises its own share of the batch."""
+        On the CPU (gloo) each process's BatchNorm normalises its own share of the batch. DDP
+        broadcasts no buffers (process 0's are saved) and splits the compiled graph at buckets."""
         if self.size > 1 and self.device.type == "cuda" and args.sync_bn:
             nn.SyncBatchNorm.convert_sync_batchnorm(net)
         net = torch.compile(net) if args.compile else net
         if self.size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            net = torch.nn.parallel.DistributedDataParallel(net, device_ids=ids)
+            net = torch.nn.parallel.DistributedDataParallel(net, device_ids=ids,
+                                                            broadcast_buffers=False)
         return net
 
     def say(self, text):
         if self.rank == 0:
             print(text, flush=True)
 
-    def agree(self, requested):
-        """Stop together: true on every process once one of them was asked to stop."""
+    def agree(self, *flags):
+        """Stop, or checkpoint, together: each flag true everywhere once one process set it."""
         if self.size == 1:
-            return requested
-        flag = torch.tensor([int(requested)])
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.flags)
-        return bool(flag)
+            return flags
+        flags = torch.tensor(flags, dtype=torch.int)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=self.flags)
+        return flags.bool().tolist()
 
     def mean(self, tensor):
         if self.size > 1:
@@ -663,28 +684,32 @@ class Data:
                 yield to_model(images[world.rank::world.size])
             return
         g = torch.Generator().manual_seed(self.args.seed * 100003 + epoch)
-        order = torch.randperm(self.size, generator=g)
+        order = torch.randperm(self.size, generator=g).to(getattr(self.images, "device", "cpu"))
         take = [order[i * batch_size:(i + 1) * batch_size][world.rank::world.size]
                 for i in range(step, iterations)]
         if self.images is None:  # --no-cache: workers decode this epoch's images
             loader = decoder(self.dataset, self.args.workers, self.device,
                              batch_sampler=[t.tolist() for t in take])
             for batch in loader:
-                yield to_model(batch.to(self.device, non_blocking=True))
+                yield to_model(to_device(batch, self.device))
             return
         for index in take:
-            images = self.images[index.to(self.images.device)]
-            if images.device != self.device and self.device.type == "cuda":
-                images = images.pin_memory()
-            yield resize(to_model(images.to(self.device, non_blocking=True)), size)
+            yield resize(to_model(to_device(self.images[index], self.device)), size)
 
     def real_sample(self, n):
         if self.images is not None:
             return resize(to_model(self.images[:n]), self.args.image_size)
         if self.dataset is not None:
-            return to_model(torch.stack([self.dataset[i][0] for i in range(min(n, self.size))]))
+            return to_model(next(iter(decoder(self.dataset, 0, torch.device("cpu"), batch_size=n))))
         size, g = self.args.image_size, torch.Generator().manual_seed(0)
         return to_model(torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g))
+
+
+def to_device(images, device):
+    """Onto the device without waiting: pinned first if they are in host memory and it is a GPU."""
+    if images.device.type == "cpu" and device.type == "cuda":
+        images = images.pin_memory()
+    return images.to(device, non_blocking=True)
 
 
 def resize(images, size):
@@ -718,7 +743,8 @@ def load_data(args, device):
         dataset = LsunLmdb(paths, transform)
     else:
         try:
-            dataset = datasets.ImageFolder(args.dataroot, transform=transform)
+            dataset = datasets.ImageFolder(args.dataroot,
+                                           loader=functools.partial(decode, transform))
         except OSError as e:
             fail(f"{args.dataset}: no images in --dataroot ({e}); expected <dataroot>/<folder>/"
                  "<images>, e.g. CelebA's img_align_celeba/*.jpg")
@@ -743,6 +769,17 @@ def labelled(args, train=True):
     return images, torch.as_tensor(data.targets)
 
 
+def decode(transform, file, name=None):
+    """transform(image) of an image file (a path, or bytes in a file object), or None for one that
+    cannot be decoded, said on stderr: its batch leaves it out, and the run goes on."""
+    from PIL import Image
+    try:
+        with Image.open(file) as image:
+            return transform(image.convert("RGB"))
+    except (OSError, SyntaxError, ValueError) as e:  # PIL's errors for truncated or foreign files
+        print(f"{SCRIPT}: left out {name or file}: {e}", file=sys.stderr, flush=True)
+
+
 def decoder(dataset, workers, device, **batching):
     """A DataLoader of uint8 image batches decoded by `workers` processes; they leave Ctrl-C and
     SIGTERM to the main process, and their seed is drawn from a generator of their own."""
@@ -760,17 +797,19 @@ def ignore_signals(worker_id):
 
 
 def stack_images(items):
-    return torch.stack([image for image, _ in items])
+    images = [image for image, _ in items if image is not None]  # None: could not be decoded
+    return torch.stack(images) if images else torch.zeros(0, dtype=torch.uint8)
 
 
 def cached_images(args, dataset):
     """Folder datasets and LSUN decoded once, at the training size, into one uint8 file (N, 3,
-    size, size) beside the data (read-only data: in --output-dir), memory-mapped by later epochs
-    and runs. Its name hashes what its pixels depend on (the files' names, sizes and times, or
-    LSUN's databases and keys; the size; the crop): a cache of other images is never used.
-    Written under a temporary name and renamed, by each machine's first process."""
+    size, size) beside the data (read-only data: in --output-dir), mapped by later epochs and runs.
+    Its name hashes what the pixels depend on (files' names, sizes and times, or LSUN's databases
+    and keys; size; crop) and ends in the number kept (images that cannot be decoded are left out).
+    Each machine's first process writes it; the others wait on the disk (NCCL's wait: 10 min)."""
     import hashlib
-    import numpy as np
+    import shutil
+    import socket
     if isinstance(dataset, LsunLmdb):
         listing = [(path, len(keys), keys[0].decode(), keys[-1].decode())
                    for path, keys in zip(dataset.paths, dataset.keys)]
@@ -780,28 +819,39 @@ def cached_images(args, dataset):
             info = os.stat(path)
             listing.append((os.path.relpath(path, args.dataroot), info.st_size, info.st_mtime_ns))
     recipe = json.dumps([1, "resize, center crop, PIL", args.image_size, listing]).encode()
-    name = f"images_{args.image_size}px_{hashlib.sha256(recipe).hexdigest()[:16]}.u8"
     folder = args.dataroot if os.access(args.dataroot, os.W_OK) else args.output_dir  # read-only
-    path, shape = os.path.join(folder, name), (len(dataset), 3, *[args.image_size] * 2)
-    if not os.path.exists(path) and os.environ.get("LOCAL_RANK", "0") == "0":
-        print(f"{SCRIPT}: decoding {len(dataset)} images once into {path}", flush=True)
-        try:
-            os.makedirs(folder, exist_ok=True)
-            cache, done = np.memmap(path + ".tmp", np.uint8, "w+", shape=shape), 0
-            for batch in decoder(dataset, args.workers, torch.device("cpu"), batch_size=256):
-                cache[done:done + len(batch)] = batch.numpy()
-                done += len(batch)
-            cache.flush()
-            os.replace(path + ".tmp", path)
-        except OSError as e:  # a full disk: nothing half-written is left
-            if os.path.exists(path + ".tmp"):
-                os.remove(path + ".tmp")
-            fail(f"cannot write the image cache {path} ({e.strerror}): pass --no-cache")
-    if dist.is_initialized():
-        dist.barrier()  # the first process of each machine has written it
-    if os.path.getsize(path) != math.prod(shape):
+    digest = hashlib.sha256(recipe).hexdigest()[:16]
+    stem = os.path.join(folder, f"images_{args.image_size}px_{digest}")
+    shape, found = (3, args.image_size, args.image_size), glob.escape(stem) + "_*.u8"
+    if not glob.glob(found) and os.environ.get("LOCAL_RANK", "0") == "0":
+        size, written = len(dataset) * math.prod(shape), f"{stem}.{socket.gethostname()}.tmp"
+        print(f"{SCRIPT}: decoding {len(dataset):,} images once into {stem}_<kept>.u8 "
+              f"({size / 1e9:.3g} GB)", flush=True)
+        os.makedirs(folder, exist_ok=True)
+        if shutil.disk_usage(folder).free < size:
+            fail(f"no room for the image cache's {size / 1e9:.3g} GB in {folder}: pass --no-cache")
+        tick = Ticker(f"{SCRIPT}: decoded", len(dataset))
+        try:  # a full disk, Ctrl-C: no file is left that a later run would take
+            with open(written, "wb") as f:
+                batches = decoder(dataset, args.workers, torch.device("cpu"), batch_size=256)
+                for i, batch in enumerate(batches, 1):
+                    f.write(batch.numpy())
+                    tick(256 * i)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(written, f"{stem}_{os.path.getsize(written) // math.prod(shape)}.u8")
+        except OSError as e:
+            fail(f"cannot write the image cache {written} ({e.strerror}): pass --no-cache")
+        finally:
+            if os.path.exists(written):
+                os.remove(written)
+    while not glob.glob(found):  # this machine's first process writes it
+        time.sleep(5)
+    path = glob.glob(found)[0]
+    kept = int(path[len(stem) + 1:-3])
+    if os.path.getsize(path) != kept * math.prod(shape):
         fail(f"the image cache {path} is damaged: delete it (it is made again) or pass --no-cache")
-    return torch.from_file(path, size=math.prod(shape), dtype=torch.uint8).view(shape)
+    return torch.from_file(path, size=kept * math.prod(shape), dtype=torch.uint8).view(-1, *shape)
 
 
 class LsunLmdb:
@@ -825,11 +875,14 @@ class LsunLmdb:
                     keys = f.read().split()
                 if len(keys) == txn.stat()["entries"] and all(map(txn.get, keys[:1] + keys[-1:])):
                     return keys  # else stale, cut or damaged: listed again
-            keys = list(txn.cursor().iternext(values=False))  # bedroom's 3 million: minutes, once
-        try:
-            with open(file + ".tmp", "wb") as f:
+            keys, tick = [], Ticker(f"{SCRIPT}: listed keys of {path}:", txn.stat()["entries"])
+            for key in txn.cursor().iternext(values=False):  # bedroom's 3 million: once
+                keys.append(key)
+                tick(len(keys))
+        try:  # under a name of this process's: every process lists, any may write
+            with open(f"{file}.{os.getpid()}.tmp", "wb") as f:
                 f.write(b"\n".join(keys) + b"\n")
-            os.replace(file + ".tmp", file)
+            os.replace(f"{file}.{os.getpid()}.tmp", file)
         except OSError:  # a read-only data folder: the keys are listed again next time
             pass
         return keys
@@ -854,12 +907,11 @@ class LsunLmdb:
 
     def __getitem__(self, index):
         import io
-        from PIL import Image
         db = int((self.ends <= index).sum())
         key = self.keys[db][index - (self.ends[db - 1] if db else 0)]
         with self.env(self.paths[db]).begin() as txn:
-            image = Image.open(io.BytesIO(txn.get(key))).convert("RGB")
-        return self.transform(image), 0
+            image = io.BytesIO(txn.get(key))
+        return decode(self.transform, image, f"{self.paths[db]}:{key.decode()}"), 0
 
 
 MODES = {"generate": generate, "interpolate": interpolate}  # run instead of train() when asked

@@ -203,6 +203,8 @@ def images(run, source, index, device):
         else:
             x = torch.cat(list(dcgan.decoder(Subset(source, part.tolist()), run.workers,
                                              torch.device("cpu"), batch_size=256)))
+            if len(x) < len(part):  # its label would go to the next image
+                fail("classify needs every labelled image: delete or replace the one left out")
         yield dcgan.resize(dcgan.to_model(x.to(device)), run.image_size)
 
 

@@ -83,6 +83,8 @@ def build_parser(p):
     g.add_argument("--log-every", type=number(int, 1), default=100, help="iterations a log line")
     g.add_argument("--dry-run", action="store_true", help="2 iterations of 8, every output")
     g.add_argument("--resume", action="store_true", help="continue <output-dir>/checkpoint.pt")
+    g.add_argument("--checkpoint-every", type=number(float, 0), default=5.0, metavar="MINUTES",
+                   help="write the checkpoint this often, and at each epoch's end and on a stop")
     g.add_argument("--snapshot-every", type=number(int, 1), default=1, metavar="K",
                    help="keep G's weights every K epochs in <output-dir>/snapshots/")
     g.add_argument("--epoch", type=number(int, 1), metavar="K",
@@ -249,14 +251,18 @@ def get_options(argv):
     if args.epoch is not None and asked in ([], ["--resume"]):
         fail("--epoch K picks the snapshot that --generate or --interpolate draws from")
     path = os.path.join(args.output_dir, "checkpoint.pt")
-    if asked:
+    if asked:  # the run goes on as it was started (--dataroot, --amp, ...) but for what is given
         ckpt = load(path, "checkpoint")
-        saved = {k: v for k, v in ckpt["args"].items() if k not in RUN_KEYS}
+        saved = {k: v for k, v in ckpt["args"].items() if k not in COMMAND_KEYS}
         args = parser.parse_args(argv, argparse.Namespace(**saved))
         for key in MODEL_KEYS:
             if getattr(args, key) != saved[key]:
                 fail(f"{path} was trained with --{key.replace('_', '-')} {saved[key]}, not "
                      f"{getattr(args, key)}")
+        changed = [f"--{k.replace('_', '-')} {getattr(args, k)} (the run's: {v})"
+                   for k, v in saved.items() if getattr(args, k) != v]
+        if changed and os.environ.get("RANK", "0") == "0":
+            print(f"{SCRIPT}: changed from the run's options: {', '.join(changed)}", flush=True)
     elif os.path.exists(path):
         fail(f"{path} exists: continue that run with --resume, or choose another --output-dir")
     return settle(args), ckpt
@@ -278,9 +284,16 @@ def load(path, what):
 
 
 def save(state, path):
-    """Written under a temporary name and renamed into place: never half a file."""
-    torch.save({"script": SCRIPT, **state}, path + ".tmp")
+    """Via a temporary name, synced before and after the rename: never half a file, nor empty."""
+    with open(path + ".tmp", "wb") as f:
+        torch.save({"script": SCRIPT, **state}, f)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(path + ".tmp", path)
+    if hasattr(os, "O_DIRECTORY"):  # POSIX (Windows opens no folder)
+        folder = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY)
+        os.fsync(folder)
+        os.close(folder)
 
 
 def save_checkpoint(args, state):
@@ -369,10 +382,11 @@ class StopOnSignal:
         return self
 
     def handle(self, signum, frame):
-        if self.requested:
+        if not self.requested:
+            self.requested, self.since = True, time.monotonic()
+            print(f"\n{SCRIPT}: stopping after this step (again to stop now)", file=sys.stderr)
+        elif time.monotonic() - self.since > 2:  # sooner: a copy (torchrun forwards a scheduler's)
             fail("interrupted twice: stopped without a new checkpoint (the last one is kept)", 130)
-        self.requested = True
-        print(f"\n{SCRIPT}: stopping after this step (again to stop now)", file=sys.stderr)
 
     def exit(self, args, where, say=print):
         say(f"{SCRIPT}: stopped at {where}; checkpoint saved. Resume with:\n"
@@ -390,13 +404,13 @@ def main(argv=None):
     try:
         (MODES[mode] if mode else train)(args, ckpt)
     except OSError as e:  # an --output-dir that cannot be made or written, a full disk: one line
-        fail(f"{e.filename}: {e.strerror}")
+        fail(f"{e.filename}: {e.strerror}" if e.filename else str(e))
 
 
 # ---- this script's run: the loop, its data, samples ----
 
-# Options a resumed or sampling run may change; options that must match the checkpoint.
-RUN_KEYS = ("output_dir", "device", "dry_run", "resume", "generate", "epoch", "dataroot")
+# Options of one command, never taken from the checkpoint; options that must match it.
+COMMAND_KEYS = ("output_dir", "resume", "dry_run", "generate", "epoch")
 MODEL_KEYS = ("dataset", "nz")
 
 
@@ -433,7 +447,7 @@ def train(args, ckpt):
     progress = Progress(os.path.join(out, "log.csv"), total, iteration, elapsed)
     save_grid(to_model(images[:64]), os.path.join(out, "real.png"))
     last = min(total, iteration + 2) if args.dry_run else total
-    log_every = 1 if args.dry_run else args.log_every
+    log_every, saved_at = 1 if args.dry_run else args.log_every, time.monotonic()
     print(f"{SCRIPT}: {vars(args)}\n{SCRIPT}: {len(images)} images, {iterations} iterations per "
           f"epoch, from iteration {iteration} of {total} on {device}", flush=True)
     with StopOnSignal() as stop:
@@ -450,10 +464,11 @@ def train(args, ckpt):
                 if args.ema > 0:
                     update_average(G_ema, G, min(args.ema, (1 + iteration) / (30 + iteration)))
                 iteration += 1
-                if iteration % log_every == 0 or iteration == last or stop.requested:
+                saving = time.monotonic() - saved_at > 60 * args.checkpoint_every
+                if iteration % log_every == 0 or iteration == last or stop.requested or saving:
                     progress.line(epoch + 1, iteration, f"[epoch {epoch + 1}/{args.epochs}]"
                                   f"[iter {step + 1}/{iterations}]")
-                if iteration == last or stop.requested:
+                if iteration == last or stop.requested or saving:
                     break
             if args.ema > 0:
                 refresh_statistics(G_ema, args.nz, args.batch_size)
@@ -468,6 +483,7 @@ def train(args, ckpt):
                 "fixed_noise": fixed_noise.cpu()})
             if iteration % iterations == 0:  # a whole epoch
                 snapshot(args, iteration // iterations, G=G.state_dict(), G_ema=G_ema.state_dict())
+            saved_at = time.monotonic()
             if stop.requested:
                 stop.exit(args, f"iteration {iteration}")
     save_gif(sorted(glob.glob(os.path.join(out, "epoch_*.png"))), os.path.join(out, "progress.gif"))

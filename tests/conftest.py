@@ -84,18 +84,22 @@ def make_image_folder(root, sub="images", n=12, size=(40, 30), seed=0):
     return str(root)
 
 
-def make_lsun(root, category="bedroom", n=12, size=(48, 36), seed=0):
-    """root/<category>_train_lmdb: an lmdb whose values are encoded images, as LSUN's are (webp there)."""
+def make_lsun(root, category="bedroom", n=12, size=(48, 36), seed=0, extension=".png", broken=()):
+    """root/<category>_train_lmdb: an lmdb whose values are encoded images, as LSUN's are (webp there);
+    the values at `broken` are a cut image and, at every other one of them, not an image at all."""
     import imageio.v3 as iio
     import lmdb
     import numpy as np
     rng = np.random.default_rng(seed)
     os.makedirs(root, exist_ok=True)
-    env = lmdb.open(os.path.join(root, f"{category}_train_lmdb"), map_size=1 << 24)
+    env = lmdb.open(os.path.join(root, f"{category}_train_lmdb"), map_size=1 << 28)
     with env.begin(write=True) as txn:
         for i in range(n):
             image = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-            txn.put(f"{i:040x}".encode(), iio.imwrite("<bytes>", image, extension=".png"))
+            value = iio.imwrite("<bytes>", image, extension=extension)
+            if i in broken:
+                value = value[:len(value) // 2] if broken.index(i) % 2 else b"<html>404 Not Found</html>"
+            txn.put(f"{i:040x}".encode(), value)
     env.close()
     return str(root)
 

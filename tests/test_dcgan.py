@@ -1,10 +1,16 @@
 """dcgan.py: the paper's networks and losses, every dataset format (tiny files written in the real
 formats into a temp dir, read offline by the real loaders), and the shared contract."""
+import argparse
 import math
 import os
+import shlex
+import shutil
 import signal
+import stat
 import subprocess
 import sys
+import time
+import types
 
 import imageio.v3 as iio
 import pytest
@@ -13,6 +19,7 @@ import torch.nn as nn
 import torchvision
 
 import dcgan
+import lsgan
 from conftest import DdpLikeD, ROOT, make_cifar10, make_image_folder, make_lsun, make_mnist
 
 HEADER = "epoch,iteration,loss_d,loss_g,d_x,d_g_z,samples_per_s,elapsed_s"
@@ -180,19 +187,29 @@ def test_folder_images_are_decoded_once_into_a_cache_that_trains_as_decoding_doe
     for path in damaged:
         os.remove(path)
 
-    def full_disk(*args, **kwargs):
+    # too little room, said before decoding; the disk filling up while writing: nothing is left
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: types.SimpleNamespace(free=1000))
+    err = one_line_error(run, common + ["--output-dir", "w"])
+    assert "no room for the image cache's 4.92e-05 GB" in err and "--no-cache" in err
+    monkeypatch.undo()
+
+    def fills_the_disk(*args, **kwargs):
+        yield torch.zeros(8, 3, 32, 32, dtype=torch.uint8)
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr("numpy.memmap", full_disk)
-    assert "--no-cache" in one_line_error(run, common + ["--output-dir", "w"])
+    monkeypatch.setattr(dcgan, "decoder", fills_the_disk)
+    assert "No space left on device" in one_line_error(run, common + ["--output-dir", "w"])
     assert not [f for f in os.listdir(root) if f.endswith((".u8", ".tmp"))]
 
 
 # ---- the contract ----
 
-def test_interrupted_mid_epoch_and_resumed_equals_uninterrupted(run, tmp_path, monkeypatch):
-    root = make_mnist(tmp_path / "m", n=48)
+def test_interrupted_mid_epoch_and_resumed_by_the_printed_command_equals_uninterrupted(run, tmp_path,
+                                                                                     monkeypatch):
+    """The command a stop prints resumes the run as it was started: its data far from the working
+    directory, --amp on. A resume may change a run option, and says so."""
+    root = make_mnist(tmp_path / "far" / "away", n=48)
     common = ["--dataset", "mnist", "--dataroot", root, "--batch-size", 8, "--image-size", 32, "--epochs", 2,
-              "--log-every", 2, "--ngf", 8, "--ndf", 8]
+              "--log-every", 2, "--ngf", 8, "--ndf", 8, "--amp"]
     assert run(dcgan.main, common + ["--output-dir", "whole"])[0] == 0
 
     real_step, calls = dcgan.train_step, []
@@ -205,14 +222,78 @@ def test_interrupted_mid_epoch_and_resumed_equals_uninterrupted(run, tmp_path, m
 
     monkeypatch.setattr(dcgan, "train_step", step_then_sigterm)
     code, out, _ = run(dcgan.main, common + ["--output-dir", "split"])
-    assert code == 130 and "--resume --output-dir split" in out
-    assert torch.load("split/checkpoint.pt", weights_only=True)["iteration"] == 4
+    assert code == 130 and torch.load("split/checkpoint.pt", weights_only=True)["iteration"] == 4
+    printed = shlex.split(out.split("Resume with:\n")[1])
+    assert printed[:2] == ["python", "dcgan.py"]
     monkeypatch.setattr(dcgan, "train_step", real_step)
-    assert run(dcgan.main, ["--resume", "--dataroot", root, "--output-dir", "split"])[0] == 0
+    code, out, err = run(dcgan.main, printed[2:])
+    assert code == 0 and "changed" not in out, err
     whole, split = weights("whole"), weights("split")
     assert all(torch.equal(whole[k], split[k]) for k in whole)
     with open("whole/log.csv") as a, open("split/log.csv") as b:
         assert [r.split(",")[:6] for r in a] == [r.split(",")[:6] for r in b]
+    code, out, err = run(dcgan.main, ["--resume", "--epochs", 3, "--no-amp", "--output-dir", "split"])
+    assert code == 0 and "changed from the run's options: --epochs 3 (the run's: 2), --amp False (the " \
+                         "run's: True)" in out
+
+
+def test_a_run_killed_mid_epoch_resumes_from_its_last_timed_checkpoint(run, tmp_path, monkeypatch):
+    """--checkpoint-every MINUTES (0: every step) writes the checkpoint within an epoch: a run that
+    dies at once (kill -9, the OOM killer: nothing of it runs after) loses the steps since then."""
+    root = make_mnist(tmp_path / "m", n=48)
+    common = ["--dataset", "mnist", "--dataroot", root, "--batch-size", 8, "--image-size", 32, "--epochs", 1,
+              "--ngf", 8, "--ndf", 8]
+    assert run(dcgan.main, common + ["--output-dir", "whole"])[0] == 0
+    real_step, calls = dcgan.train_step, []
+
+    def killed_at_step_5(*a):
+        calls.append(1)
+        if len(calls) == 5:
+            raise MemoryError("killed")
+        return real_step(*a)
+    monkeypatch.setattr(dcgan, "train_step", killed_at_step_5)
+    with pytest.raises(MemoryError):
+        run(dcgan.main, common + ["--checkpoint-every", 0, "--output-dir", "split"])
+    assert torch.load("split/checkpoint.pt", weights_only=True)["iteration"] == 4
+    monkeypatch.setattr(dcgan, "train_step", real_step)
+    assert run(dcgan.main, ["--resume", "--output-dir", "split"])[0] == 0
+    whole, split = weights("whole"), weights("split")
+    assert all(torch.equal(whole[k], split[k]) for k in whole)
+
+
+def test_checkpoints_reach_the_disk_before_and_after_their_rename(monkeypatch, tmp_path):
+    """After a power cut some filesystems leave a renamed file empty unless the file, then its
+    folder, were synced: then --resume would call the checkpoint damaged."""
+    events, real_fsync, real_replace = [], os.fsync, os.replace
+
+    def fsync(fd):
+        events.append("folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
+        real_fsync(fd)
+
+    def replace(old, new):
+        events.append("rename")
+        real_replace(old, new)
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    dcgan.save({"iteration": 1}, str(tmp_path / "checkpoint.pt"))
+    assert events == ["file", "rename", "folder"]
+    assert dcgan.load(str(tmp_path / "checkpoint.pt"), "checkpoint")["iteration"] == 1
+
+
+def test_the_same_signal_twice_within_2_s_is_one_stop(monkeypatch):
+    """A scheduler signals every process and torchrun forwards it too: each process gets it twice
+    at once, which must still checkpoint. A second signal later stops at once."""
+    clock = [100.0]
+    monkeypatch.setattr(dcgan.time, "monotonic", lambda: clock[0])
+    with dcgan.StopOnSignal() as stop:
+        stop.handle(signal.SIGTERM, None)
+        clock[0] += 0.5
+        stop.handle(signal.SIGTERM, None)
+        assert stop.requested
+        clock[0] += 5
+        with pytest.raises(SystemExit) as stopped:
+            stop.handle(signal.SIGINT, None)
+    assert stopped.value.code == 130
 
 
 def test_the_walk_is_a_great_circle_or_with_lerp_a_straight_line():
@@ -457,3 +538,212 @@ def test_read_only_data_keeps_its_cache_in_the_output_dir_and_lists_lsun_keys_ea
     code, out, err = run(dcgan.main, common + ["--output-dir", "d"])
     assert code == 0, err
     assert [f for f in os.listdir("d") if f.endswith(".u8")] and not os.path.exists(root + "/bedroom_train_lmdb_keys.txt")
+
+
+# ---- the real run: what a GPU, a long run and data of one's own meet, checked without them ----
+
+class Images:
+    """Stands in for a batch of images on `device` (a CUDA one too): records pinning and copies as
+    a tensor there would take them."""
+
+    def __init__(self, device):
+        self.device, self.events = torch.device(device), []
+
+    def pin_memory(self):
+        if self.device.type != "cpu":  # what torch says of a CUDA tensor
+            raise RuntimeError("cannot pin 'torch.cuda.ByteTensor' only dense CPU tensors can be pinned")
+        self.events.append("pin")
+        return self
+
+    def to(self, device, non_blocking=False):
+        self.events.append(("to", str(device), non_blocking))
+        return self
+
+
+@pytest.mark.parametrize("module", [dcgan, lsgan])
+def test_images_reach_the_gpu_pinned_from_the_host_and_as_they_are_from_the_gpu(module):
+    """pick_device gives torch.device("cuda"), and the in-memory datasets sit on "cuda:0": the two
+    differ as devices, and pinning memory already on the GPU raised on the first batch."""
+    on_gpu, on_host = Images("cuda:0"), Images("cpu")
+    module.to_device(on_gpu, torch.device("cuda"))
+    assert on_gpu.events == [("to", "cuda", True)]
+    module.to_device(on_host, torch.device("cuda"))
+    assert on_host.events == ["pin", ("to", "cuda", True)]
+    for device in ("cpu", "mps"):
+        host = Images("cpu")
+        module.to_device(host, torch.device(device))
+        assert host.events == [("to", device, True)]
+
+
+class HostToDevice(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the copies from host memory to the meta device, which stands in for a GPU."""
+
+    def __init__(self):
+        super().__init__()
+        self.copies = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.ops.aten._to_copy.default and args[0].device.type == "cpu" and \
+                kwargs.get("device") == torch.device("meta"):
+            self.copies += 1
+        return func(*args, **kwargs)
+
+
+@pytest.mark.parametrize("module", [dcgan, lsgan])
+def test_the_epoch_order_reaches_the_device_once_an_epoch_not_once_a_step(module):
+    """The order is drawn on the host (the same on every device); a host index per step would be a
+    blocking copy per step on CUDA."""
+    args = argparse.Namespace(dataset="mnist", seed=1, image_size=32, workers=0)
+    images = torch.empty(40, 1, 32, 32, dtype=torch.uint8, device="meta")
+    data = module.Data(args, torch.device("meta"), 40, 1, images=images)
+    with HostToDevice() as counter:
+        batches = list(data.batches(0, 0, 8, argparse.Namespace(rank=0, size=1)))
+    assert len(batches) == 5 and all(b.device.type == "meta" and b.shape == (8, 1, 32, 32) for b in batches)
+    assert counter.copies == 1
+
+
+def test_the_mixture_is_drawn_on_the_device_without_copies():
+    with HostToDevice() as counter:
+        points = lsgan.mixture_points(512, torch.device("meta"))
+    assert points.shape == (512, 2) and counter.copies == 0
+
+
+class DDP(nn.Module):
+    """Records what DistributedDataParallel is given."""
+
+    def __init__(self, module, device_ids=None, broadcast_buffers=True):
+        super().__init__()
+        self.module, self.device_ids, self.broadcast_buffers = module, device_ids, broadcast_buffers
+
+
+@pytest.mark.parametrize("module", [dcgan, lsgan])
+def test_torchrun_on_gpus_each_process_takes_its_gpu_nccl_and_syncbatchnorm(module, monkeypatch):
+    calls = []
+    for name, value in (("WORLD_SIZE", "2"), ("RANK", "1"), ("LOCAL_RANK", "1")):
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: calls.append(("set_device", device)))
+    monkeypatch.setattr(module.dist, "init_process_group", lambda backend: calls.append(("group", backend)))
+    monkeypatch.setattr(module.dist, "new_group", lambda backend: calls.append(("flags", backend)))
+    monkeypatch.setattr(module.atexit, "register", lambda function: None)
+    monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", DDP)
+    world = module.World("auto")
+    assert world.device == torch.device("cuda", 1)
+    assert calls == [("set_device", torch.device("cuda", 1)), ("group", "nccl"), ("flags", "gloo")]
+    D = dcgan.Discriminator(4, 3, 32)
+    wrapped = world.wrap(D, argparse.Namespace(sync_bn=True, compile=False))
+    assert wrapped.module is D and wrapped.device_ids == [1] and wrapped.broadcast_buffers is False
+    assert sum(isinstance(m, nn.SyncBatchNorm) for m in D.modules()) == 2
+    world.device = torch.device("cpu")  # gloo: each process normalises its own share
+    D = dcgan.Discriminator(4, 3, 32)
+    wrapped = world.wrap(D, argparse.Namespace(sync_bn=True, compile=False))
+    assert wrapped.device_ids is None and not any(isinstance(m, nn.SyncBatchNorm) for m in D.modules())
+
+
+def test_the_gpu_generator_is_saved_and_restored(monkeypatch, tmp_path):
+    """z is drawn on the GPU: a resume there restores its generator as well as the CPU's."""
+    state, restored = torch.arange(16, dtype=torch.uint8), []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda: state)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", restored.append)
+    dcgan.save_checkpoint(argparse.Namespace(output_dir=str(tmp_path)), {})
+    dcgan.restore(dcgan.load(str(tmp_path / "checkpoint.pt"), "checkpoint"))
+    assert len(restored) == 1 and torch.equal(restored[0], state)
+
+
+def break_images(folder):
+    """A truncated JPEG and an HTML page named .jpg, as scraped sets hold."""
+    with open(os.path.join(folder, "0003.jpg"), "r+b") as f:
+        f.truncate(300)
+    with open(os.path.join(folder, "0007.jpg"), "wb") as f:
+        f.write(b"<html>404 Not Found</html>")
+
+
+@pytest.mark.parametrize("cache", ["--cache", "--no-cache"])
+def test_images_that_cannot_be_decoded_are_left_out_and_named(run, tmp_path, cache):
+    root = make_image_folder(tmp_path / "far" / "away", n=16)
+    break_images(os.path.join(root, "images"))
+    common = ["--dataset", "folder", "--dataroot", root, "--image-size", 32, "--batch-size", 7, "--epochs", 1,
+              "--ngf", 8, "--ndf", 8, "--workers", 0, cache]
+    code, out, err = run(dcgan.main, common + ["--output-dir", "d"])
+    assert code == 0, err
+    assert "left out" in err and "0003.jpg" in err and "0007.jpg" in err
+    if cache == "--cache":  # the cache's name ends in the number it keeps; a later run reuses it
+        assert "14 images" in out
+        assert [f for f in os.listdir(root) if f.endswith(".u8")][0].endswith("_14.u8")
+        code, out, err = run(dcgan.main, common + ["--output-dir", "e"])
+        assert code == 0 and "decoding" not in out and "14 images" in out and "left out" not in err
+
+
+def test_lsun_keys_and_decoding_show_progress_and_a_waiting_process_takes_the_cache(run, tmp_path, monkeypatch):
+    root = make_lsun(tmp_path / "l", n=12, broken=(4, 9))
+    common = ["--dataset", "lsun", "--dataroot", root, "--image-size", 32, "--batch-size", 4, "--epochs", 1,
+              "--ngf", 8, "--ndf", 8, "--workers", 0]
+    monkeypatch.setenv("LOCAL_RANK", "1")  # not the machine's first process: it waits for the cache
+    naps = []
+
+    def nap(seconds):  # while this one waits, the first process writes the cache
+        naps.append(seconds)
+        monkeypatch.setenv("LOCAL_RANK", "0")
+        assert run(dcgan.main, common + ["--output-dir", "first"])[0] == 0
+        monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(time, "sleep", nap)
+    code, out, err = run(dcgan.main, common + ["--output-dir", "waiting"])
+    assert code == 0 and naps == [5] and "decoding 12" not in out, err
+    assert "10 images" in out
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    os.remove(os.path.join(root, "bedroom_train_lmdb_keys.txt"))
+    for cache in [f for f in os.listdir(root) if f.endswith(".u8")]:
+        os.remove(os.path.join(root, cache))
+    code, out, err = run(dcgan.main, common + ["--output-dir", "again"])
+    assert code == 0, err
+    assert "listed keys of" in out and "12/12" in out and "/s  ETA 0:00" in out
+    assert "decoding 12 images once into" in out and "decoded 12/12" in out
+    assert err.count("left out") == 2
+
+
+def test_rehearsal_lsun_jpegs_stop_and_resume_kill_and_resume_then_torchrun(tmp_path):
+    """The real run at a test's scale, as a user runs it: LSUN's format and image size (JPEGs),
+    two of them broken, far from the working directory, through the default cache. Ctrl-C, then
+    the printed command; kill -9, then the same command; the run ends as if whole. Then two
+    processes under torchrun (gloo): the first decodes a new cache while the second waits."""
+    root = make_lsun(tmp_path / "far" / "data", n=30, size=(341, 256), extension=".jpg", broken=(5, 17))
+    out, env = tmp_path / "run", dict(os.environ, OMP_NUM_THREADS="1")
+    argv = ["--dataset", "lsun", "--dataroot", root, "--image-size", 32, "--ngf", 8, "--ndf", 8, "--batch-size", 4,
+            "--epochs", 20, "--checkpoint-every", 0, "--workers", 1, "--output-dir", out]
+
+    def start(args):
+        return subprocess.Popen([sys.executable, os.path.join(ROOT, "dcgan.py"), *map(str, args)], env=env,
+                                cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def at(iteration):  # waits for a checkpoint at or past `iteration`, and gives its iteration
+        while True:
+            try:
+                done = torch.load(out / "checkpoint.pt", weights_only=True)["iteration"]
+                if done >= iteration:
+                    return done
+            except (OSError, RuntimeError, EOFError):
+                pass
+            time.sleep(0.1)
+
+    run = start(argv)
+    at(3)
+    run.send_signal(signal.SIGINT)
+    stdout, stderr = run.communicate(timeout=300)
+    assert run.returncode == 130, stderr[-2000:]
+    assert stderr.count("left out") == 2 and "decoding 30 images once" in stdout
+    printed = shlex.split(stdout.split("Resume with:\n")[1])[2:]
+    run = start(printed)
+    at(at(0) + 3)  # three steps past the stop
+    run.kill()
+    run.wait(timeout=300)
+    run = start(printed)
+    stdout, stderr = run.communicate(timeout=300)
+    assert run.returncode == 0 and "decoding" not in stdout, stderr[-2000:]
+    with open(out / "log.csv") as f:
+        assert [int(row.split(",")[1]) for row in f.read().splitlines()[1:]] == list(range(1, 141))
+    two = torchrun(["--dataset", "lsun", "--dataroot", root, "--image-size", 64, "--ngf", 8, "--ndf", 8,
+                    "--batch-size", 4, "--epochs", 1, "--workers", 1, "--device", "cpu", "--output-dir",
+                    tmp_path / "two"], 29521)
+    assert "2 process(es)" in two and two.count("decoding 30 images once") == 1 and "done:" in two

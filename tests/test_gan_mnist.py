@@ -17,7 +17,7 @@ HEADER = "epoch,iteration,loss_d,loss_g,d_x,d_g_z,samples_per_s,elapsed_s"
 
 @pytest.fixture
 def data(tmp_path):
-    return make_mnist(tmp_path / "data")
+    return make_mnist(tmp_path / "far" / "data")  # not ./data, the default
 
 
 def small(data, out, *extra):
@@ -103,14 +103,33 @@ def test_interrupted_mid_epoch_and_resumed_equals_uninterrupted(run, data, monke
 
     monkeypatch.setattr(gm, "train_step", step_then_sigterm)
     code, out, _ = run(gm.main, small(data, "split", *common))
-    assert code == 130 and "--resume --output-dir split" in out
-    assert torch.load("split/checkpoint.pt", weights_only=True)["iteration"] == 3
+    assert code == 130 and torch.load("split/checkpoint.pt", weights_only=True)["iteration"] == 3
     monkeypatch.setattr(gm, "train_step", real_step)
-    assert run(gm.main, ["--resume", "--dataroot", data, "--output-dir", "split"])[0] == 0
+    assert out.split("Resume with:\n")[1].split() == ["python", "gan_mnist.py", "--resume", "--output-dir", "split"]
+    assert run(gm.main, ["--resume", "--output-dir", "split"])[0] == 0  # the command, as printed
 
     whole, split = weights("whole"), weights("split")
     assert all(torch.equal(whole[k], split[k]) for k in whole)
     assert os.path.exists("split/epoch_002.png") and os.path.exists("split/progress.gif")
+
+
+def test_a_run_killed_mid_epoch_resumes_from_its_last_timed_checkpoint(run, data, monkeypatch):
+    assert run(gm.main, small(data, "whole", "--epochs", 1))[0] == 0
+    real_step, calls = gm.train_step, []
+
+    def killed_at_step_4(*a):
+        calls.append(1)
+        if len(calls) == 4:
+            raise MemoryError("killed")  # nothing of the run goes on, as after kill -9
+        return real_step(*a)
+    monkeypatch.setattr(gm, "train_step", killed_at_step_4)
+    with pytest.raises(MemoryError):
+        run(gm.main, small(data, "split", "--epochs", 1, "--checkpoint-every", 0))
+    assert torch.load("split/checkpoint.pt", weights_only=True)["iteration"] == 3
+    monkeypatch.setattr(gm, "train_step", real_step)
+    assert run(gm.main, ["--resume", "--output-dir", "split"])[0] == 0
+    whole, split = weights("whole"), weights("split")
+    assert all(torch.equal(whole[k], split[k]) for k in whole)
 
 
 def test_generate_writes_one_png_per_image_in_eval_mode(run, data, monkeypatch):
