@@ -718,7 +718,7 @@ def test_rehearsal_lsun_jpegs_stop_and_resume_kill_and_resume_then_torchrun(tmp_
                                 cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def at(iteration):  # waits for a checkpoint at or past `iteration`, and gives its iteration
-        while True:
+        while run.poll() is None:
             try:
                 done = torch.load(out / "checkpoint.pt", weights_only=True)["iteration"]
                 if done >= iteration:
@@ -726,6 +726,7 @@ def test_rehearsal_lsun_jpegs_stop_and_resume_kill_and_resume_then_torchrun(tmp_
             except (OSError, RuntimeError, EOFError):
                 pass
             time.sleep(0.1)
+        raise AssertionError(run.stderr.read()[-2000:])
 
     run = start(argv)
     at(3)
