@@ -32,15 +32,16 @@ import argparse
 import atexit
 import contextlib
 import csv
-import functools
 import glob
 import json
 import math
 import os
+import shlex
 import signal
 import sys
 import time
 import warnings
+from functools import partial
 
 import torch
 import torch.distributed as dist
@@ -418,8 +419,10 @@ class StopOnSignal:
             fail("interrupted twice: stopped without a new checkpoint (the last one is kept)", 130)
 
     def exit(self, args, where, say=print):
+        ranks = os.environ.get("LOCAL_WORLD_SIZE")  # torchrun's processes on this machine
+        launch = f"torchrun --nproc_per_node {ranks}" if ranks else "python"
         say(f"{SCRIPT}: stopped at {where}; checkpoint saved. Resume with:\n"
-            f"  python {SCRIPT}.py --resume --output-dir {args.output_dir}")
+            f"  {launch} {SCRIPT}.py --resume --output-dir {shlex.quote(args.output_dir)}")
         raise SystemExit(130)
 
     def __exit__(self, *exc):
@@ -483,11 +486,10 @@ def train(args, ckpt):
                         iteration, elapsed, world.say, world.mean)
     last = min(total, iteration + 2) if args.dry_run else total
     log_every, first, stopping = 1 if args.dry_run else args.log_every, iteration, False
-    late_d_g_z = torch.zeros((), device=device)
+    late_d_g_z, saved_at = torch.zeros((), device=device), time.monotonic()
     world.say(f"{SCRIPT}: {vars(args)}\n{SCRIPT}: {data.size} images, {iterations} iterations of "
               f"{args.batch_size} per epoch, {world.size} process(es) on {device}, from iteration "
               f"{iteration} of {total}")
-    saved_at = time.monotonic()
     with StopOnSignal() as stop:
         while iteration < last:
             epoch, step = divmod(iteration, iterations)
@@ -743,8 +745,7 @@ def load_data(args, device):
         dataset = LsunLmdb(paths, transform)
     else:
         try:
-            dataset = datasets.ImageFolder(args.dataroot,
-                                           loader=functools.partial(decode, transform))
+            dataset = datasets.ImageFolder(args.dataroot, loader=partial(decode, transform))
         except OSError as e:
             fail(f"{args.dataset}: no images in --dataroot ({e}); expected <dataroot>/<folder>/"
                  "<images>, e.g. CelebA's img_align_celeba/*.jpg")
@@ -770,8 +771,7 @@ def labelled(args, train=True):
 
 
 def decode(transform, file, name=None):
-    """transform(image) of an image file (a path, or bytes in a file object), or None for one that
-    cannot be decoded, said on stderr: its batch leaves it out, and the run goes on."""
+    """transform(image) of an image file, or None, said on stderr, for one that will not decode."""
     from PIL import Image
     try:
         with Image.open(file) as image:

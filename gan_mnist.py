@@ -34,6 +34,7 @@ import csv
 import glob
 import math
 import os
+import shlex
 import signal
 import sys
 import time
@@ -389,8 +390,10 @@ class StopOnSignal:
             fail("interrupted twice: stopped without a new checkpoint (the last one is kept)", 130)
 
     def exit(self, args, where, say=print):
+        ranks = os.environ.get("LOCAL_WORLD_SIZE")  # torchrun's processes on this machine
+        launch = f"torchrun --nproc_per_node {ranks}" if ranks else "python"
         say(f"{SCRIPT}: stopped at {where}; checkpoint saved. Resume with:\n"
-            f"  python {SCRIPT}.py --resume --output-dir {args.output_dir}")
+            f"  {launch} {SCRIPT}.py --resume --output-dir {shlex.quote(args.output_dir)}")
         raise SystemExit(130)
 
     def __exit__(self, *exc):

@@ -744,7 +744,21 @@ def test_rehearsal_lsun_jpegs_stop_and_resume_kill_and_resume_then_torchrun(tmp_
     assert run.returncode == 0 and "decoding" not in stdout, stderr[-2000:]
     with open(out / "log.csv") as f:
         assert [int(row.split(",")[1]) for row in f.read().splitlines()[1:]] == list(range(1, 141))
-    two = torchrun(["--dataset", "lsun", "--dataroot", root, "--image-size", 64, "--ngf", 8, "--ndf", 8,
-                    "--batch-size", 4, "--epochs", 1, "--workers", 1, "--device", "cpu", "--output-dir",
-                    tmp_path / "two"], 29521)
-    assert "2 process(es)" in two and two.count("decoding 30 images once") == 1 and "done:" in two
+    # torchrun, and Ctrl-C in its terminal: each process gets the signal from the terminal and again
+    # from torchrun, which must still checkpoint; the printed command resumes under torchrun
+    out = tmp_path / "two"
+    run = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                            os.path.join(ROOT, "dcgan.py"), *map(str, [*argv[:4], "--image-size", 64, *argv[6:-1],
+                            out, "--epochs", 3])], env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True, start_new_session=True)
+    at(3)
+    os.killpg(run.pid, signal.SIGINT)
+    stdout, stderr = run.communicate(timeout=300)
+    assert "interrupted twice" not in stderr and stdout.count("decoding 30 images once") == 1, stderr[-3000:]
+    printed = shlex.split(stdout.split("Resume with:\n")[1])
+    assert printed[:4] == ["torchrun", "--nproc_per_node", "2", "dcgan.py"]
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", *printed[1:3],
+                           os.path.join(ROOT, "dcgan.py"), *printed[4:]], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "2 process(es)" in done.stdout, done.stderr[-3000:]
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["iteration"] == 21
