@@ -744,15 +744,20 @@ def test_rehearsal_lsun_jpegs_stop_and_resume_kill_and_resume_then_torchrun(tmp_
     assert run.returncode == 0 and "decoding" not in stdout, stderr[-2000:]
     with open(out / "log.csv") as f:
         assert [int(row.split(",")[1]) for row in f.read().splitlines()[1:]] == list(range(1, 141))
-    # torchrun, and Ctrl-C in its terminal: each process gets the signal from the terminal and again
-    # from torchrun, which must still checkpoint; the printed command resumes under torchrun
+    # torchrun, stopped as a scheduler stops a job (SIGTERM to every process): each process gets
+    # it twice, from the scheduler and from torchrun, and must still checkpoint. The printed
+    # command resumes under torchrun.
     out = tmp_path / "two"
     run = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                             os.path.join(ROOT, "dcgan.py"), *map(str, [*argv[:4], "--image-size", 64, *argv[6:-1],
                             out, "--epochs", 3])], env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           text=True, start_new_session=True)
+                           text=True)
     at(3)
-    os.killpg(run.pid, signal.SIGINT)
+    with open(f"/proc/{run.pid}/task/{run.pid}/children") as f:
+        workers = [int(pid) for pid in f.read().split()]
+    assert len(workers) == 2
+    for pid in [run.pid, *workers]:
+        os.kill(pid, signal.SIGTERM)
     stdout, stderr = run.communicate(timeout=300)
     assert "interrupted twice" not in stderr and stdout.count("decoding 30 images once") == 1, stderr[-3000:]
     printed = shlex.split(stdout.split("Resume with:\n")[1])
