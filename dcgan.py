@@ -48,7 +48,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from utils import Ticker, plot_log, save_gif, save_grid, save_images, tile, to_uint8
+from utils import plot_log, save_gif, save_grid, save_images, ticking, tile, to_uint8
 
 SCRIPT = "dcgan"
 DATASETS = ["cifar10", "lsun", "mnist", "fashion-mnist", "celeba", "folder", "imagenet", "lfw",
@@ -89,8 +89,7 @@ def build_parser(p):
                    help="autocast to bfloat16")
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
                    help="NHWC images and weights (default: on for the CPU, off elsewhere)")
-    g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
-                   help="torch.compile G and D")
+    g.add_argument("--compile", action=argparse.BooleanOptionalAction, help="torch.compile G and D")
     g.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=True,
                    help="under torchrun on CUDA, nn.SyncBatchNorm over the global batch (on the "
                    "CPU, gloo: each process normalises its own share)")
@@ -436,7 +435,9 @@ def main(argv=None):
     try:
         (MODES[mode] if mode else train)(args, ckpt)
     except OSError as e:  # an --output-dir that cannot be made or written, a full disk: one line
-        fail(f"{e.filename}: {e.strerror}" if e.filename else str(e))
+        fail(f"{e.filename}: {e.strerror}" if e.filename else str(e).strip().splitlines()[-1])
+    except KeyboardInterrupt:  # outside the loop, which stops by itself: nothing is half-written
+        fail("interrupted", 130)
 
 
 # ---- this script's run: the loop, its data, several processes, samples ----
@@ -629,8 +630,7 @@ class World:
     def wrap(self, net, args):
         """What the step trains through: torch.compile'd (--compile); under torchrun, DDP, with
         nn.SyncBatchNorm on CUDA (--sync-bn; the same parameters and buffers, converted in place).
-        On the CPU (gloo) each process's BatchNorm normalises its own share of the batch. DDP
-        broadcasts no buffers (process 0's are saved) and splits the compiled graph at buckets."""
+        On the CPU (gloo) each process normalises its own share. DDP broadcasts no buffers."""
         if self.size > 1 and self.device.type == "cuda" and args.sync_bn:
             nn.SyncBatchNorm.convert_sync_batchnorm(net)
         net = torch.compile(net) if args.compile else net
@@ -690,13 +690,12 @@ class Data:
         take = [order[i * batch_size:(i + 1) * batch_size][world.rank::world.size]
                 for i in range(step, iterations)]
         if self.images is None:  # --no-cache: workers decode this epoch's images
-            loader = decoder(self.dataset, self.args.workers, self.device,
-                             batch_sampler=[t.tolist() for t in take])
-            for batch in loader:
-                yield to_model(to_device(batch, self.device))
-            return
-        for index in take:
-            yield resize(to_model(to_device(self.images[index], self.device)), size)
+            batches = decoder(self.dataset, self.args.workers, self.device,
+                              batch_sampler=[t.tolist() for t in take])
+        else:
+            batches = (self.images[index] for index in take)
+        for images in batches:
+            yield resize(to_model(to_device(images, self.device)), size)
 
     def real_sample(self, n):
         if self.images is not None:
@@ -709,9 +708,8 @@ class Data:
 
 def to_device(images, device):
     """Onto the device without waiting: pinned first if they are in host memory and it is a GPU."""
-    if images.device.type == "cpu" and device.type == "cuda":
-        images = images.pin_memory()
-    return images.to(device, non_blocking=True)
+    host_to_gpu = images.device.type == "cpu" and device.type == "cuda"
+    return (images.pin_memory() if host_to_gpu else images).to(device, non_blocking=True)
 
 
 def resize(images, size):
@@ -773,19 +771,18 @@ def labelled(args, train=True):
 def decode(transform, file, name=None):
     """transform(image) of an image file, or None, said on stderr, for one that will not decode."""
     from PIL import Image
-    try:
-        with Image.open(file) as image:
-            return transform(image.convert("RGB"))
+    try:  # Pillow closes a file it opened by its name once the image is read
+        return transform(Image.open(file).convert("RGB"))
     except (OSError, SyntaxError, ValueError) as e:  # PIL's errors for truncated or foreign files
         print(f"{SCRIPT}: left out {name or file}: {e}", file=sys.stderr, flush=True)
 
 
 def decoder(dataset, workers, device, **batching):
-    """A DataLoader of uint8 image batches decoded by `workers` processes; they leave Ctrl-C and
-    SIGTERM to the main process, and their seed is drawn from a generator of their own."""
+    """uint8 batches decoded by `workers` processes: deaf to signals, seeded apart from torch's."""
     from torch.utils.data import DataLoader
     if workers and isinstance(dataset, LsunLmdb):
         dataset.close()  # lmdb refuses to open a path that the parent process holds open
+    atexit.register(end_workers)  # the last registered, the first run at exit
     return DataLoader(dataset, num_workers=workers, pin_memory=device.type == "cuda",
                       worker_init_fn=ignore_signals, collate_fn=stack_images,
                       generator=torch.Generator(), **batching)
@@ -794,6 +791,13 @@ def decoder(dataset, workers, device, **batching):
 def ignore_signals(worker_id):
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def end_workers():  # workers an error left at exit ignore SIGTERM: multiprocessing would wait
+    if hasattr(signal, "SIGCHLD"):  # POSIX: the DataLoader's handler would raise at each kill
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for worker in torch.multiprocessing.active_children():
+        worker.kill()
 
 
 def stack_images(items):
@@ -830,13 +834,11 @@ def cached_images(args, dataset):
         os.makedirs(folder, exist_ok=True)
         if shutil.disk_usage(folder).free < size:
             fail(f"no room for the image cache's {size / 1e9:.3g} GB in {folder}: pass --no-cache")
-        tick = Ticker(f"{SCRIPT}: decoded", len(dataset))
         try:  # a full disk, Ctrl-C: no file is left that a later run would take
             with open(written, "wb") as f:
                 batches = decoder(dataset, args.workers, torch.device("cpu"), batch_size=256)
-                for i, batch in enumerate(batches, 1):
+                for batch in ticking(batches, f"{SCRIPT}: decoded", len(dataset), 256):
                     f.write(batch.numpy())
-                    tick(256 * i)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(written, f"{stem}_{os.path.getsize(written) // math.prod(shape)}.u8")
@@ -875,10 +877,8 @@ class LsunLmdb:
                     keys = f.read().split()
                 if len(keys) == txn.stat()["entries"] and all(map(txn.get, keys[:1] + keys[-1:])):
                     return keys  # else stale, cut or damaged: listed again
-            keys, tick = [], Ticker(f"{SCRIPT}: listed keys of {path}:", txn.stat()["entries"])
-            for key in txn.cursor().iternext(values=False):  # bedroom's 3 million: once
-                keys.append(key)
-                tick(len(keys))
+            keys = list(ticking(txn.cursor().iternext(values=False),  # bedroom's 3 million: once
+                                f"{SCRIPT}: listed keys of {path}:", txn.stat()["entries"]))
         try:  # under a name of this process's: every process lists, any may write
             with open(f"{file}.{os.getpid()}.tmp", "wb") as f:
                 f.write(b"\n".join(keys) + b"\n")

@@ -407,7 +407,9 @@ def main(argv=None):
     try:
         (MODES[mode] if mode else train)(args, ckpt)
     except OSError as e:  # an --output-dir that cannot be made or written, a full disk: one line
-        fail(f"{e.filename}: {e.strerror}" if e.filename else str(e))
+        fail(f"{e.filename}: {e.strerror}" if e.filename else str(e).strip().splitlines()[-1])
+    except KeyboardInterrupt:  # outside the loop, which stops by itself: nothing is half-written
+        fail("interrupted", 130)
 
 
 # ---- this script's run: the loop, its data, samples ----

@@ -87,20 +87,16 @@ def plot_log(csv_path, png_path, title=""):
     plt.close(fig)
 
 
-class Ticker:
-    """A long phase's progress, as a training loop shows it: ticker(done) prints done/total, the
-    rate and the ETA, at most every 10 s and at the end; under torchrun from each machine's first
-    process alone."""
-
-    def __init__(self, what, total):
-        self.what, self.total, self.start = what, total, time.perf_counter()
-        self.shown = self.start
-
-    def __call__(self, done):
-        now, done = time.perf_counter(), min(done, self.total)
-        first = os.environ.get("LOCAL_RANK", "0") == "0"
-        if first and (now - self.shown > 10 or done == self.total):
-            self.shown, rate = now, done / (now - self.start)
-            left = int((self.total - done) / rate)
-            print(f"{self.what} {done:,}/{self.total:,}  {rate:,.0f}/s  ETA {left // 60}:"
-                  f"{left % 60:02d}", flush=True)
+def ticking(items, what, total, size=1):
+    """Yields items (each `size` of the total) and shows the phase's progress as a training loop
+    does: done/total, rate and ETA, at most every 10 s and at the end; under torchrun from each
+    machine's first process alone."""
+    start = shown = time.perf_counter()
+    for count, item in enumerate(items, 1):
+        yield item
+        now, done = time.perf_counter(), min(count * size, total)
+        if os.environ.get("LOCAL_RANK", "0") == "0" and (now - shown > 10 or done == total):
+            shown, rate = now, done / (now - start)
+            left = int((total - done) / rate)
+            print(f"{what} {done:,}/{total:,}  {rate:,.0f}/s  ETA {left // 60}:{left % 60:02d}",
+                  flush=True)

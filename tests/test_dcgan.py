@@ -767,3 +767,22 @@ def test_rehearsal_lsun_jpegs_stop_and_resume_kill_and_resume_then_torchrun(tmp_
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "2 process(es)" in done.stdout, done.stderr[-3000:]
     assert torch.load(out / "checkpoint.pt", weights_only=True)["iteration"] == 21
+
+
+def test_a_run_that_fails_while_workers_decode_ends_instead_of_hanging(tmp_path):
+    """Workers ignore SIGTERM (a stop is the main process's to make). An error that main() turns
+    into its one line keeps them alive to the interpreter's exit, where multiprocessing sends them
+    SIGTERM and waits: a run that had printed its error hung (10 minutes, measured, on a broken
+    image). Here a disk error in a worker."""
+    root = make_image_folder(tmp_path / "i", n=16)
+    code = ("import sys, torch; sys.path.insert(0, sys.argv[1]); import dcgan\n"
+            "def unreadable(transform, file):\n"
+            "    if torch.utils.data.get_worker_info():  # in a worker, not for real.png\n"
+            "        raise OSError(5, 'Input/output error', 'images/0003.jpg')\n"
+            "    return dcgan.decode_now(transform, file)\n"
+            "dcgan.decode_now, dcgan.decode = dcgan.decode, unreadable\n"
+            "dcgan.main(['--dataset', 'folder', '--dataroot', sys.argv[2], '--no-cache', '--workers', '2',\n"
+            "            '--image-size', '32', '--batch-size', '4', '--output-dir', sys.argv[3]])")
+    done = subprocess.run([sys.executable, "-c", code, ROOT, root, str(tmp_path / "d")], capture_output=True,
+                          text=True, timeout=120, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert done.returncode == 2 and done.stderr == "error: OSError: [Errno 5] Input/output error: 'images/0003.jpg'\n"

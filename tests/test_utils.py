@@ -24,15 +24,17 @@ def test_fake_runs_do_not_import_torchvision(tmp_path):
                    cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def test_ticker_prints_done_total_rate_and_eta_at_most_every_10_s_and_at_the_end(monkeypatch, capsys):
+def test_ticking_shows_done_total_rate_and_eta_at_most_every_10_s_and_at_the_end(monkeypatch, capsys):
     clock = [0.0]
     monkeypatch.setattr(utils.time, "perf_counter", lambda: clock[0])
-    tick = utils.Ticker("decoded", 2000)
-    for second in range(1, 21):  # 100 a second
-        clock[0] = float(second)
-        tick(100 * second)
+
+    def batches():  # 20 batches of 100, one a second
+        for second in range(1, 21):
+            clock[0] = float(second)
+            yield second
+    assert list(utils.ticking(batches(), "decoded", 2000, 100)) == list(range(1, 21))
     assert capsys.readouterr().out.splitlines() == ["decoded 1,100/2,000  100/s  ETA 0:09",
                                                     "decoded 2,000/2,000  100/s  ETA 0:00"]
     monkeypatch.setenv("LOCAL_RANK", "1")  # under torchrun, each machine's first process alone
-    tick(2000)
+    assert list(utils.ticking(batches(), "decoded", 2000, 100)) == list(range(1, 21))
     assert capsys.readouterr().out == ""
