@@ -171,6 +171,27 @@ def test_mixture_interrupted_and_resumed_equals_uninterrupted(run, short_mixture
     assert split["args"]["lr_d"] == 1e-4 and split["args"]["nz"] == 256  # the mixture's defaults, kept
 
 
+def test_mixture_killed_mid_epoch_resumes_from_its_last_timed_checkpoint(run, short_mixture, monkeypatch):
+    common = ["--dataset", "mixture8", "--batch-size", 8, "--epochs", 1]
+    assert run(lsgan.main, common + ["--output-dir", "whole"])[0] == 0
+    real_step, calls = lsgan.simultaneous_step, []
+
+    def killed_at_step_6(*a):
+        calls.append(1)
+        if len(calls) == 6:
+            raise MemoryError("killed")  # nothing of the run goes on, as after kill -9
+        return real_step(*a)
+    monkeypatch.setattr(lsgan, "simultaneous_step", killed_at_step_6)
+    with pytest.raises(MemoryError):
+        run(lsgan.main, common + ["--checkpoint-every", 0, "--output-dir", "split"])
+    assert torch.load("split/checkpoint.pt", weights_only=True)["iteration"] == 5
+    monkeypatch.setattr(lsgan, "simultaneous_step", real_step)
+    assert run(lsgan.main, ["--resume", "--output-dir", "split"])[0] == 0
+    whole = torch.load("whole/checkpoint.pt", weights_only=True)
+    split = torch.load("split/checkpoint.pt", weights_only=True)
+    assert all(torch.equal(whole["G"][k], split["G"][k]) for k in whole["G"])
+
+
 # ---- images: every format, both networks and codings ----
 
 @pytest.mark.parametrize("extra, std", [([], 0.002), (["--loss", "bce"], 0.02), (["--arch", "lsgan"], 0.02),
