@@ -20,7 +20,7 @@ import torchvision
 
 import dcgan
 import lsgan
-from conftest import DdpLikeD, ROOT, make_cifar10, make_image_folder, make_lsun, make_mnist
+from conftest import DdpLikeD, ROOT, dies_at, make_cifar10, make_image_folder, make_lsun, make_mnist
 
 HEADER = "epoch,iteration,loss_d,loss_g,d_x,d_g_z,samples_per_s,elapsed_s"
 
@@ -244,14 +244,8 @@ def test_a_run_killed_mid_epoch_resumes_from_its_last_timed_checkpoint(run, tmp_
     common = ["--dataset", "mnist", "--dataroot", root, "--batch-size", 8, "--image-size", 32, "--epochs", 1,
               "--ngf", 8, "--ndf", 8]
     assert run(dcgan.main, common + ["--output-dir", "whole"])[0] == 0
-    real_step, calls = dcgan.train_step, []
-
-    def killed_at_step_5(*a):
-        calls.append(1)
-        if len(calls) == 5:
-            raise MemoryError("killed")
-        return real_step(*a)
-    monkeypatch.setattr(dcgan, "train_step", killed_at_step_5)
+    real_step = dcgan.train_step
+    monkeypatch.setattr(dcgan, "train_step", dies_at(real_step, 5))
     with pytest.raises(MemoryError):
         run(dcgan.main, common + ["--checkpoint-every", 0, "--output-dir", "split"])
     assert torch.load("split/checkpoint.pt", weights_only=True)["iteration"] == 4

@@ -10,7 +10,7 @@ import torch
 import torchvision
 
 import gan_mnist as gm
-from conftest import make_mnist
+from conftest import dies_at, make_mnist
 
 HEADER = "epoch,iteration,loss_d,loss_g,d_x,d_g_z,samples_per_s,elapsed_s"
 
@@ -115,14 +115,8 @@ def test_interrupted_mid_epoch_and_resumed_equals_uninterrupted(run, data, monke
 
 def test_a_run_killed_mid_epoch_resumes_from_its_last_timed_checkpoint(run, data, monkeypatch):
     assert run(gm.main, small(data, "whole", "--epochs", 1))[0] == 0
-    real_step, calls = gm.train_step, []
-
-    def killed_at_step_4(*a):
-        calls.append(1)
-        if len(calls) == 4:
-            raise MemoryError("killed")  # nothing of the run goes on, as after kill -9
-        return real_step(*a)
-    monkeypatch.setattr(gm, "train_step", killed_at_step_4)
+    real_step = gm.train_step
+    monkeypatch.setattr(gm, "train_step", dies_at(real_step, 4))
     with pytest.raises(MemoryError):
         run(gm.main, small(data, "split", "--epochs", 1, "--checkpoint-every", 0))
     assert torch.load("split/checkpoint.pt", weights_only=True)["iteration"] == 3

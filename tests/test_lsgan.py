@@ -13,7 +13,7 @@ import torch.nn as nn
 import torchvision
 
 import lsgan
-from conftest import DdpLikeD, make_cifar10, make_image_folder, make_lsun, make_mnist
+from conftest import DdpLikeD, dies_at, make_cifar10, make_image_folder, make_lsun, make_mnist
 
 
 def one_line_error(run, argv):
@@ -174,14 +174,8 @@ def test_mixture_interrupted_and_resumed_equals_uninterrupted(run, short_mixture
 def test_mixture_killed_mid_epoch_resumes_from_its_last_timed_checkpoint(run, short_mixture, monkeypatch):
     common = ["--dataset", "mixture8", "--batch-size", 8, "--epochs", 1]
     assert run(lsgan.main, common + ["--output-dir", "whole"])[0] == 0
-    real_step, calls = lsgan.simultaneous_step, []
-
-    def killed_at_step_6(*a):
-        calls.append(1)
-        if len(calls) == 6:
-            raise MemoryError("killed")  # nothing of the run goes on, as after kill -9
-        return real_step(*a)
-    monkeypatch.setattr(lsgan, "simultaneous_step", killed_at_step_6)
+    real_step = lsgan.simultaneous_step
+    monkeypatch.setattr(lsgan, "simultaneous_step", dies_at(real_step, 6))
     with pytest.raises(MemoryError):
         run(lsgan.main, common + ["--checkpoint-every", 0, "--output-dir", "split"])
     assert torch.load("split/checkpoint.pt", weights_only=True)["iteration"] == 5
