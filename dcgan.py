@@ -843,7 +843,7 @@ def cached_images(args, dataset):
                 os.fsync(f.fileno())
             os.replace(written, f"{stem}_{os.path.getsize(written) // math.prod(shape)}.u8")
         except OSError as e:
-            fail(f"cannot write the image cache in {folder} ({e.strerror}): free room or --no-cache")
+            fail(f"cannot write the image cache in {folder}: {e.strerror} (or pass --no-cache)")
         finally:
             if os.path.exists(written):
                 os.remove(written)
