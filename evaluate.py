@@ -5,9 +5,10 @@
     python evaluate.py --real --dataset mnist --dataroot DIR    # the real-vs-real floor
     python evaluate.py SAMPLES --parzen --dataroot DIR          # Goodfellow et al.'s Table 1
 
-A small CNN (two 3x3 convolutions, a 128-unit layer) is trained on the training split on first
-use (seeded, CPU, two epochs, ~2 minutes on 2 cores) and kept as <dataroot>/<MNIST|FashionMNIST>/
-evaluate_classifier.pt. Printed:
+The classifier ships beside this script (evaluate_<dataset>.pt: a small CNN that --train-classifier
+trained, seeded, on the CPU). Every score is printed with its weights' fingerprint (SHA-256, 12 hex
+digits): scores compare only under one. It runs in float64: the same samples score the same on
+any machine. Printed:
   - classifier FID: the Frechet distance between the Gaussians fitted to the 128-d features of
     the samples and of the 10,000 test images. It is NOT the Inception FID of other papers: never
     put the two side by side. Lower is better; --real gives the floor (10,000 training images);
@@ -19,6 +20,7 @@ uint8 or floats in [-1, 1]; at least 1,000 (a 128-d covariance needs many); RESU
 --parzen: instead, the GAN paper's Parzen-window log-likelihood of the test images (see parzen()).
 """
 import argparse
+import hashlib
 import os
 import sys
 import time
@@ -30,7 +32,7 @@ import torch.nn.functional as F
 
 FOLDERS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
 MIN_SAMPLES = 1000
-EPOCHS, BATCH, SEED = 2, 128, 0
+EPOCHS, BATCH, SEED = 10, 128, 0
 PARZEN_SAMPLES, PARZEN_VALID = 10_000, slice(50_000, 51_000)  # parzen_ll.py's
 
 
@@ -38,9 +40,9 @@ class Classifier(nn.Module):
     def __init__(self):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(1, 32, 3), nn.ReLU(),                     # (N, 32, 26, 26)
-            nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2),   # (N, 64, 12, 12)
-            nn.Flatten(), nn.Linear(64 * 12 * 12, 128), nn.ReLU())  # (N, 128): the FID features
+            nn.Conv2d(1, 16, 3), nn.ReLU(), nn.MaxPool2d(2),    # (N, 16, 13, 13)
+            nn.Conv2d(16, 32, 3), nn.ReLU(), nn.MaxPool2d(2),   # (N, 32, 5, 5)
+            nn.Flatten(), nn.Linear(32 * 5 * 5, 128), nn.ReLU())  # (N, 128): the FID features
         self.head = nn.Linear(128, 10)                          # (N, 10) logits
 
     def forward(self, x):
@@ -68,23 +70,39 @@ def to_input(images):
     return images.unsqueeze(1).float().div(127.5).sub(1)
 
 
+def fingerprint(net):
+    """The first 12 hex digits of the SHA-256 of the weights (names and float32 bytes, in order)."""
+    digest = hashlib.sha256()
+    for name, tensor in net.state_dict().items():
+        digest.update(name.encode() + tensor.float().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:12]
+
+
 def classifier(args):
-    """The saved classifier, or a new one trained (CPU, seeded) and saved beside the data."""
-    path = os.path.join(args.dataroot, FOLDERS[args.dataset], "evaluate_classifier.pt")
+    """The classifier at --classifier (by default the shipped one), in float64, and its file."""
+    if not os.path.isfile(args.classifier):
+        fail(f"no classifier at {args.classifier}: --train-classifier makes one")
     net = Classifier()
-    if os.path.isfile(path):
-        try:
-            saved = torch.load(path, map_location="cpu", weights_only=True)
-            net.load_state_dict(saved["classifier"])
-            return net.eval(), saved["test_accuracy"]
-        except Exception:
-            fail(f"cannot read {path}: damaged? Delete it and it is trained again")
-    images, labels = load_split(args, train=True)
-    test_images, test_labels = load_split(args, train=False)
+    try:
+        saved = torch.load(args.classifier, map_location="cpu", weights_only=True)
+        net.load_state_dict(saved["classifier"])
+    except Exception:
+        fail(f"cannot read {args.classifier}: damaged, or not a classifier of evaluate.py")
+    if saved["dataset"] != args.dataset:
+        fail(f"{args.classifier} classifies {saved['dataset']}, not {args.dataset}")
+    saved["fingerprint"] = fingerprint(net)
+    return net.double().eval(), saved
+
+
+def train_classifier(args):
+    """--train-classifier: a new classifier (CPU, seeded) into --classifier, never over a file."""
+    if os.path.exists(args.classifier):
+        fail(f"{args.classifier} exists: name a new file with --classifier")
+    (images, labels), (test_images, test_labels) = load_split(args, True), load_split(args, False)
     torch.manual_seed(SEED)
+    net = Classifier()
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     start = time.time()
-    print(f"evaluate: training the {args.dataset} classifier once, into {path}", flush=True)
     for epoch in range(EPOCHS):
         print(f"evaluate: epoch {epoch + 1}/{EPOCHS} at {time.time() - start:.0f} s", flush=True)
         order = torch.randperm(len(images))
@@ -94,23 +112,20 @@ def classifier(args):
             opt.zero_grad()
             loss.backward()
             opt.step()
-    net.eval()
-    predicted = predict(net, to_input(test_images))[1].argmax(1)
-    accuracy = (predicted == test_labels).float().mean().item()
-    print(f"evaluate: trained the {args.dataset} classifier in {time.time() - start:.0f} s, test "
-          f"accuracy {accuracy:.4f}", flush=True)
-    try:
-        torch.save({"classifier": net.state_dict(), "test_accuracy": accuracy}, path + ".tmp")
-        os.replace(path + ".tmp", path)
-    except OSError as e:
-        print(f"evaluate: could not keep it ({e.strerror}): it is trained again next time")
-    return net, accuracy
+    weights, stamp = net.state_dict(), fingerprint(net)  # float32: .double() makes new tensors
+    predicted = predict(net.double().eval(), to_input(test_images))[1].argmax(1)
+    accuracy = (predicted == test_labels).double().mean().item()
+    torch.save({"classifier": weights, "test_accuracy": accuracy, "dataset": args.dataset,
+                "torch_version": str(torch.__version__)}, args.classifier + ".tmp")
+    os.replace(args.classifier + ".tmp", args.classifier)
+    print(f"evaluate: {args.classifier}: {args.dataset} classifier {stamp}, trained in "
+          f"{time.time() - start:.0f} s, test accuracy {accuracy:.4f}")
 
 
 @torch.no_grad()
 def predict(net, x):
-    """(features (N, 128), logits (N, 10)) in batches."""
-    feats = torch.cat([net.features(x[i:i + 1000]) for i in range(0, len(x), 1000)])
+    """(features (N, 128), logits (N, 10)) in batches, in float64 (the net must be too)."""
+    feats = torch.cat([net.features(x[i:i + 1000].double()) for i in range(0, len(x), 1000)])
     return feats.double(), net.head(feats).double()
 
 
@@ -137,16 +152,15 @@ def load_samples(path, minimum):
             grey = np.stack([a.mean(-1) if a.ndim == 3 else a for a in arrays])  # RGB -> grey
         except Exception as e:  # unreadable, or of different sizes
             fail(f"cannot read the images in {path} as one batch ({type(e).__name__}: {e})")
-        x = torch.from_numpy(grey.astype(np.float32)).unsqueeze(1) / 127.5 - 1
+        x = torch.from_numpy(grey.astype(np.float64)).unsqueeze(1) / 127.5 - 1
     elif path.endswith(".npy") and os.path.isfile(path):
         try:
             array = np.load(path, allow_pickle=False)
         except Exception as e:
             fail(f"cannot read {path} ({type(e).__name__}: {e})")
-        x = torch.from_numpy(np.asarray(array, dtype=np.float32))
+        x = torch.from_numpy(np.asarray(array, dtype=np.float64))
         x = x / 127.5 - 1 if array.dtype == np.uint8 else x
-        if x.dim() == 2 and x.shape[1] == 784:
-            x = x.view(-1, 28, 28)
+        x = x.view(-1, 28, 28) if x.dim() == 2 and x.shape[1] == 784 else x
         x = x.unsqueeze(1) if x.dim() == 3 else x
         if x.dim() != 4 or x.shape[1] not in (1, 3):
             fail(f"{path}: expected images (N, 28, 28), (N, C, H, W) or (N, 784), not "
@@ -200,14 +214,20 @@ def main(argv=None):
     p.add_argument("--dataroot", default="./data", help="holds MNIST/ or FashionMNIST/")
     p.add_argument("--real", action="store_true", help="score 10,000 training images: the floor")
     p.add_argument("--parzen", action="store_true", help="the GAN paper's Parzen log-likelihood")
+    p.add_argument("--classifier", help="default: the shipped evaluate_<dataset>.pt beside this")
+    p.add_argument("--train-classifier", action="store_true", help="train one into --classifier")
     p.error = fail  # one line, exit 2
     args = p.parse_args(argv)
+    args.classifier = args.classifier or os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), f"evaluate_{args.dataset}.pt")
+    if args.train_classifier:
+        return train_classifier(args)
     if bool(args.samples) == args.real:
         fail("give SAMPLES or --real, not both or neither")
     if args.parzen:
         return parzen_report(args)
     samples = None if args.real else load_samples(args.samples, MIN_SAMPLES)
-    net, accuracy = classifier(args)
+    net, saved = classifier(args)
     test_images, _ = load_split(args, train=False)
     reference, _ = predict(net, to_input(test_images))
     if args.real:
@@ -216,7 +236,7 @@ def main(argv=None):
         samples = to_input(images[pick])
     result = score(net, samples, reference)
     print(f"{args.samples or 'real training images'} ({result['samples']} samples; {args.dataset} "
-          f"classifier of test accuracy {accuracy:.4f}):\n"
+          f"classifier {saved['fingerprint']}, test accuracy {saved['test_accuracy']:.4f}):\n"
           f"  classifier FID   {result['classifier_fid']:.2f}\n"
           f"  classes covered  {result['classes_covered']}/10 (>= 2% of samples each)\n"
           f"  class shares     {result['smallest_share']:.3f} .. {result['largest_share']:.3f}\n"

@@ -1,5 +1,6 @@
-"""evaluate.py: the Frechet distance on hand-computable inputs, a run on a tiny MNIST in its real format
-(classifier trained, saved, reused), samples as PNGs of any size or .npy, and one-line errors."""
+"""evaluate.py: the Frechet distance on hand-computable inputs, the shipped classifiers (their fingerprints,
+loaded without pickle), a run on a tiny MNIST in its real format, a classifier trained only when asked,
+samples as PNGs of any size or .npy, and one-line errors."""
 import os
 
 import imageio.v3 as iio
@@ -34,18 +35,63 @@ def one_line_error(capsys, argv):
     return err
 
 
-def test_scores_a_npy_trains_the_classifier_once_and_reuses_it(data, capsys):
+SHIPPED = {"mnist": "ca7b05d9f389", "fashion-mnist": "a2e199acf49b"}  # README and RESULTS quote these
+
+
+@pytest.mark.parametrize("dataset", list(SHIPPED))
+def test_the_shipped_classifier_loads_without_pickle_and_has_its_fingerprint(dataset):
+    path = os.path.join(os.path.dirname(evaluate.__file__), f"evaluate_{dataset}.pt")
+    assert os.path.getsize(path) < 500_000
+    saved = torch.load(path, weights_only=True)  # plain tensors, numbers and strings
+    net = evaluate.Classifier()
+    net.load_state_dict(saved["classifier"])
+    assert saved["dataset"] == dataset and evaluate.fingerprint(net) == SHIPPED[dataset]
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for doc in ("README.md", "docs/RESULTS.md"):
+        assert SHIPPED[dataset] in open(os.path.join(here, doc)).read(), doc
+
+
+def test_scores_with_the_shipped_classifier_in_float64_the_same_on_any_thread_count(data, capsys):
     rng = np.random.default_rng(0)
     np.save("s.npy", rng.integers(0, 256, (1000, 28, 28), dtype=np.uint8))
-    first = evaluate.main(["s.npy", "--dataset", "mnist", "--dataroot", data])
-    assert "trained the mnist classifier" in capsys.readouterr().out
-    assert os.path.isfile(os.path.join(data, "MNIST", "raw", "..", "evaluate_classifier.pt"))
-    second = evaluate.main(["s.npy", "--dataroot", data])
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        first = evaluate.main(["s.npy", "--dataset", "mnist", "--dataroot", data])
+        torch.set_num_threads(2)
+        second = evaluate.main(["s.npy", "--dataroot", data])
+    finally:
+        torch.set_num_threads(threads)
     out = capsys.readouterr().out
-    assert "trained" not in out and "classifier FID" in out and second == first
+    assert out.count(f"mnist classifier {SHIPPED['mnist']}, test accuracy 0.9901") == 2
+    assert second["classifier_fid"] == pytest.approx(first["classifier_fid"], rel=1e-8)
     assert 1 <= first["classes_covered"] <= 10 and 0.1 <= first["confidence"] <= 1
     floor = evaluate.main(["--real", "--dataroot", data])
     assert floor["samples"] == 64 and floor["classifier_fid"] >= 0
+    assert os.listdir(os.path.join(data, "MNIST")) == ["raw"]  # nothing trained, nothing written
+
+
+def test_train_classifier_is_explicit_writes_a_new_file_only_and_its_scores_say_so(data, capsys, monkeypatch):
+    monkeypatch.setattr(evaluate, "EPOCHS", 1)
+    np.save("s.npy", np.random.default_rng(0).integers(0, 256, (1000, 28, 28), dtype=np.uint8))
+    assert "no classifier at mine.pt: --train-classifier" in one_line_error(
+        capsys, ["s.npy", "--dataroot", data, "--classifier", "mine.pt"])
+    evaluate.main(["--train-classifier", "--classifier", "mine.pt", "--dataroot", data])
+    out = capsys.readouterr().out
+    net = evaluate.Classifier()
+    net.load_state_dict(torch.load("mine.pt", weights_only=True)["classifier"])
+    assert f"mnist classifier {evaluate.fingerprint(net)}, trained" in out
+    evaluate.main(["s.npy", "--dataroot", data, "--classifier", "mine.pt"])
+    assert f"classifier {evaluate.fingerprint(net)}, test accuracy" in capsys.readouterr().out
+    before = open("mine.pt", "rb").read()
+    assert "mine.pt exists" in one_line_error(capsys, ["--train-classifier", "--classifier", "mine.pt",
+                                                       "--dataroot", data])
+    assert open("mine.pt", "rb").read() == before
+    make_mnist(data, folder="FashionMNIST", n=64)
+    assert "classifies mnist, not fashion-mnist" in one_line_error(
+        capsys, ["s.npy", "--dataroot", data, "--dataset", "fashion-mnist", "--classifier", "mine.pt"])
+    open("junk.pt", "wb").write(b"not a checkpoint")
+    assert "cannot read junk.pt" in one_line_error(capsys, ["s.npy", "--dataroot", data, "--classifier", "junk.pt"])
 
 
 def test_png_folders_of_any_size_are_grey_28x28(data, monkeypatch):
@@ -68,7 +114,6 @@ def test_bad_input_gets_one_line_and_trains_nothing(data, capsys):
     assert "no .png" in one_line_error(capsys, ["empty", "--dataroot", data])
     assert "not a folder" in one_line_error(capsys, ["missing.npy", "--dataroot", data])
     assert "not both" in one_line_error(capsys, ["--dataroot", data])
-    assert not os.path.exists(os.path.join(data, "MNIST", "evaluate_classifier.pt"))
 
 
 def test_parzen_log_likelihood_in_closed_form():
