@@ -3,29 +3,29 @@
 
 Paper: Goodfellow et al., "Generative Adversarial Networks", arXiv:1406.2661v1 (2014). D ascends
 Eq. 1, log D(x) + log(1 - D(G(z))); G ascends log D(G(z)), the non-saturating form of section 3
-(--g-loss minimax descends Eq. 1 itself); k D-steps per G-step as in Algorithm 1 (--d-steps; k = 1
-as in the paper's experiments). The networks are those of the well-known PyTorch MLP tutorial:
-G: z (100) -> 256 -> 512 -> 1024 -> 784, D: 784 -> 1024 -> 512 -> 256 -> 1 logit, LeakyReLU(0.2).
-The paper's G mixed rectifiers and sigmoids and its D used maxout units.
-
-Deviations from the tutorial (each also stated where it happens; docs/RESULTS.md measures them):
-  - batch 128, not 64;
-  - Adam at 1e-3 for G and 4e-4 for D with beta1 0, not 2e-4 for both with beta1 0.5, made safe by
-    an R1 penalty on D (Mescheder et al. 2018, arXiv:1801.04406v4; gamma 10, lazily every 4th
-    D-step; --r1 0 turns it off);
-  - dropout 0.1 on D's hidden units, not the tutorial's nn.Dropout() (p 0.5) built inside forward,
-    where it stays on when sampling; ours is a registered module, off in eval mode. (The authors'
-    mnist.yaml drops 0.2 of D's input and 0.5 of its hidden units, on maxout layers.)
-  - BatchNorm after G's hidden layers;
-  - pictures and --generate use a moving average of G's weights (--ema; --ema 0: G itself),
-    with BatchNorm statistics recomputed for the averaged weights.
-None of these changes the game of Eq. 1 or Algorithm 1: they are how fast and smoothly it is played.
+(--g-loss minimax descends Eq. 1 itself); k D-steps per G-step as in Algorithm 1 (--d-steps).
+Three recipes (--recipe; RECIPES lists the defaults each sets, explicit options win):
+  - paper: the authors' mnist.yaml (goodfeli/adversarial): G 100-1200-1200-784 of rectifiers and
+    sigmoid pixels, D two maxout layers (240 units of 5 pieces), dropout 0.2 on D's input and 0.5
+    on its hidden units, SGD (rate 0.1 decayed each step, momentum 0.5 ramped to 0.7), batch 100,
+    the first 50,000 training images. Deviation from Algorithm 1, as their code: D and G are
+    updated at once from one pass, D's loss halved (simultaneous_step);
+  - tutorial: the well-known PyTorch MLP tutorial exactly: G z-256-512-1024-784, D 784-1024-512-
+    256-1, LeakyReLU(0.2), batch 64, Adam 2e-4 with beta1 0.5, dropout 0.5 (a registered module,
+    off when sampling: the tutorial's stays on), Eq. 1 alternating as Algorithm 1;
+  - ours (the default): the tutorial's networks, and where it departs from the tutorial (each also
+    stated where it happens; docs/RESULTS.md measures them): batch 128; Adam at 1e-3 for G and 4e-4
+    for D with beta1 0, made safe by a lazy R1 penalty on D (Mescheder et al. 2018,
+    arXiv:1801.04406v4; gamma 10 every 4th D-step; --r1 0: off); dropout 0.1; BatchNorm in G;
+    pictures and samples from a moving average of G's weights (--ema 0.999) with BatchNorm
+    statistics of its own.
 MNIST is read once into one uint8 tensor on the device; batches are taken by indexing it.
 
 Run:     python gan_mnist.py --dataroot DIR            # 10 epochs; downloads MNIST into DIR
-         python gan_mnist.py --dataset fashion-mnist --dataroot DIR
+         python gan_mnist.py --recipe paper --epochs 100 --dataroot DIR --output-dir runs/paper
+Sample:  python gan_mnist.py --generate 10000 --output-dir runs/paper    # samples/, nearest.png
+Fig. 3:  python gan_mnist.py --interpolate --output-dir runs/paper       # interpolation.png
 Smoke:   python gan_mnist.py --dry-run --dataroot DIR --output-dir /tmp/mnist-smoke
-Sample:  python gan_mnist.py --generate 10000          # -> output/gan_mnist/samples/
 """
 import argparse
 import contextlib
@@ -44,7 +44,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from utils import plot_log, save_gif, save_grid, save_images
+from utils import nearest, plot_log, save_gif, save_grid, save_images
 
 SCRIPT = "gan_mnist"
 
@@ -55,27 +55,25 @@ def build_parser(p):
     g.add_argument("--dataroot", default="./data", help="holds MNIST/raw or FashionMNIST/raw; "
                    "torchvision downloads there when the files are missing")
     g = p.add_argument_group("model")
+    g.add_argument("--recipe", choices=list(RECIPES), default="ours",
+                   help="the networks and the defaults marked R (RECIPES): ours, the tutorial's, "
+                   "or the paper's (the authors' mnist.yaml)")
     g.add_argument("--nz", type=number(int, 1), default=100, help="size of z")
-    g.add_argument("--dropout", type=number(float, 0, 1), default=0.1,
-                   help="on D's hidden units (tutorial: 0.5)")
+    g.add_argument("--dropout", type=number(float, 0, 1), help="R: on D's hidden units")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=number(int, 1), default=10, help="passes over the training set")
-    g.add_argument("--batch-size", type=number(int, 1), default=128,
-                   help="per D-step (tutorial: 64)")
-    g.add_argument("--lr", type=number(float, 0), default=1e-3,
-                   help="G's Adam rate, and D's unless --lr-d (tutorial: 2e-4)")
-    g.add_argument("--lr-d", type=number(float, 0), default=4e-4,
-                   help="D's Adam rate (tutorial: 2e-4)")
-    g.add_argument("--beta1", type=number(float, 0, 1), default=0.0,
-                   help="Adam's beta1 (tutorial: 0.5)")
+    g.add_argument("--batch-size", type=number(int, 1), help="R: per D-step")
+    g.add_argument("--lr", type=number(float, 0), help="R: G's rate (Adam's; the paper's SGD's)")
+    g.add_argument("--lr-d", type=number(float, 0), help="R: D's rate")
+    g.add_argument("--beta1", type=number(float, 0, 1), help="R: Adam's beta1")
     g.add_argument("--beta2", type=number(float, 0, 1), default=0.999, help="Adam's beta2")
     g.add_argument("--d-steps", type=number(int, 1), default=1, help="D-steps per G-step: k")
     g.add_argument("--g-loss", choices=["non-saturating", "minimax"], default="non-saturating",
                    help="G ascends log D(G(z)) (section 3) or descends log(1 - D(G(z))) (Eq. 1)")
-    g.add_argument("--r1", type=number(float, 0), default=10.0, help="R1 weight (0: off)")
+    g.add_argument("--r1", type=number(float, 0), help="R: R1 weight (0: off)")
     g.add_argument("--r1-every", type=number(int, 1), default=4, help="R1 every N D-steps, times N")
-    g.add_argument("--ema", type=number(float, 0, 1), default=0.999,
-                   help="decay of the average of G's weights for pictures and samples (0: off)")
+    g.add_argument("--ema", type=number(float, 0, 1), help="R: pictures and samples from an "
+                   "average of G's weights, k steps ago weighed EMA^k (0: G itself)")
     g = p.add_argument_group("run")
     g.add_argument("--output-dir", default=os.path.join("output", SCRIPT))
     g.add_argument("--seed", type=int, default=1, help="seeds torch")
@@ -90,22 +88,35 @@ def build_parser(p):
                    help="keep G's weights every K epochs in <output-dir>/snapshots/")
     g.add_argument("--epoch", type=number(int, 1), metavar="K",
                    help="--generate: from the snapshot of epoch K, not the checkpoint")
-    g.add_argument("--generate", type=number(int, 1), metavar="N",
-                   help="write N images from the checkpoint to <output-dir>/samples/")
+    g.add_argument("--generate", type=number(int, 1), metavar="N", help="write N images from the "
+                   "checkpoint to <output-dir>/samples/, and nearest.png (Fig. 2)")
+    g.add_argument("--interpolate", action="store_true",
+                   help="interpolation.png: G along straight lines in z (Fig. 3)")
     return p
+
+
+# The defaults each recipe gives (explicit options win). ours: see the deviations above. tutorial:
+# the PyTorch MLP tutorial's training exactly. paper: goodfeli/adversarial's mnist.yaml (SGD with
+# its momentum ramp and rate decay, dropout 0.5 on D's hidden units and 0.2 on its input).
+RECIPES = {"ours": dict(batch_size=128, lr=1e-3, lr_d=4e-4, beta1=0.0, dropout=0.1, r1=10.0,
+                        ema=0.999),
+           "tutorial": dict(batch_size=64, lr=2e-4, lr_d=2e-4, beta1=0.5, dropout=0.5, r1=0.0,
+                            ema=0.0),
+           "paper": dict(batch_size=100, lr=0.1, lr_d=0.1, beta1=0.0, dropout=0.5, r1=0.0, ema=0.0)}
 
 
 # ---- the models ----
 
 class Generator(nn.Module):
-    def __init__(self, nz=100, image_size=28):
+    def __init__(self, nz=100, image_size=28, batch_norm=True):
         super().__init__()
         self.image_size = image_size
-        # Deviation: BatchNorm after each hidden layer (as DCGAN puts in G); docs/RESULTS.md.
+        # Deviation (ours): BatchNorm after each hidden layer (as DCGAN's G); docs/RESULTS.md.
+        norm = nn.BatchNorm1d if batch_norm else nn.Identity
         self.net = nn.Sequential(
-            nn.Linear(nz, 256), nn.BatchNorm1d(256), nn.LeakyReLU(0.2),         # (N, 256)
-            nn.Linear(256, 512), nn.BatchNorm1d(512), nn.LeakyReLU(0.2),        # (N, 512)
-            nn.Linear(512, 1024), nn.BatchNorm1d(1024), nn.LeakyReLU(0.2),      # (N, 1024)
+            nn.Linear(nz, 256), norm(256), nn.LeakyReLU(0.2),                   # (N, 256)
+            nn.Linear(256, 512), norm(512), nn.LeakyReLU(0.2),                  # (N, 512)
+            nn.Linear(512, 1024), norm(1024), nn.LeakyReLU(0.2),                # (N, 1024)
             nn.Linear(1024, image_size ** 2), nn.Tanh())                       # (N, 784) in [-1, 1]
 
     def forward(self, z):
@@ -124,6 +135,60 @@ class Discriminator(nn.Module):
 
     def forward(self, x):
         return self.net(x).view(-1)                                            # (N,)
+
+
+class PaperGenerator(nn.Module):
+    """The authors' G (mnist.yaml): rectifiers, then sigmoid pixels whose biases start at the logit
+    of each pixel's mean over the training set; weights from U(-0.05, 0.05), other biases 0."""
+
+    def __init__(self, nz=100, image_size=28, pixel_mean=None):
+        super().__init__()
+        self.image_size = image_size
+        self.net = nn.Sequential(
+            nn.Linear(nz, 1200), nn.ReLU(),                                     # (N, 1200)
+            nn.Linear(1200, 1200), nn.ReLU(),                                   # (N, 1200)
+            nn.Linear(1200, image_size ** 2), nn.Sigmoid())                    # (N, 784) in [0, 1]
+        for layer in self.net[::2]:
+            nn.init.uniform_(layer.weight, -0.05, 0.05)
+            nn.init.zeros_(layer.bias)
+        if pixel_mean is not None:  # pylearn2's init_sigmoid_bias_from_marginals
+            self.net[4].bias.data.copy_(torch.logit(pixel_mean.clamp(1e-7, 1 - 1e-7)))
+
+    def forward(self, z):  # pixels in [-1, 1] outside, as the other recipes' images
+        return self.net(z).mul(2).sub(1).view(-1, 1, self.image_size, self.image_size)
+
+
+class PaperDiscriminator(nn.Module):
+    """The authors' D (mnist.yaml): two maxout layers of 240 units of 5 pieces, a logit; dropout
+    0.2 on the pixels and `dropout` (0.5) on each hidden layer; weights from U(-0.005, 0.005)."""
+
+    def __init__(self, image_size=28, dropout=0.5, units=240, pieces=5):
+        super().__init__()
+        self.units, self.pieces = units, pieces
+        self.h0 = nn.Linear(image_size ** 2, units * pieces)
+        self.h1, self.y = nn.Linear(units, units * pieces), nn.Linear(units, 1)
+        for layer in (self.h0, self.h1, self.y):
+            nn.init.uniform_(layer.weight, -0.005, 0.005)
+            nn.init.zeros_(layer.bias)
+        self.drop_input, self.drop = nn.Dropout(0.2), nn.Dropout(dropout)
+
+    def maxout(self, h):
+        return h.view(len(h), self.units, self.pieces).amax(2)  # (N, units): the largest piece
+
+    def forward(self, x):
+        x = x.flatten(1).add(1).div(2)                     # (N, 784) in [0, 1], as the authors'
+        h = self.maxout(self.h0(self.drop_input(x)))       # (N, 240)
+        h = self.maxout(self.h1(self.drop(h)))             # (N, 240)
+        return self.y(self.drop(h)).view(-1)               # (N,): a logit
+
+
+def networks(args, images=None):
+    """G and D of --recipe; the paper's G takes its output biases from the training images."""
+    if args.recipe == "paper":
+        mean = None if images is None else images.flatten(1).float().mean(0).div(255)
+        return PaperGenerator(args.nz, pixel_mean=mean), PaperDiscriminator(dropout=args.dropout)
+    return (Generator(args.nz, batch_norm=args.recipe == "ours"),
+            Discriminator(dropout=args.dropout))
 
 
 # ---- the losses: Goodfellow et al. 2014, Eq. 1 and section 3 ----
@@ -189,11 +254,38 @@ def frozen(D):
         D.requires_grad_(True)
 
 
-def update_average(G_ema, G, decay):
-    """Deviation: pictures and samples come from an exponential moving average of G's weights
-    (Yazici et al. 2019, arXiv:1806.04498v2), which smooths the MLP's step-to-step jitter. The
-    caller ramps the decay as (1 + t) / (30 + t) up to --ema: it reaches 0.999 only after 28,970
-    steps, so a 10-epoch run (4,680 steps at batch 128) ends at 0.9938 whatever --ema >= that."""
+def simultaneous_step(G, D, opt_G, opt_D, x, z, g_variant="non-saturating"):
+    """--recipe paper, as the authors' code (AdversaryCost2 under SGD): one pass, D's loss halved,
+    both players' gradients from it and both updated at once. Deviation from Algorithm 1, whose
+    G-step goes through the D its D-step updated. Returns what train_step returns."""
+    fake = G(z)
+    real_logits, fake_logits = D(x), D(fake)  # G's loss sees D's dropout masks of D's loss
+    loss_d = (d_loss(real_logits, 1.0) + d_loss(fake_logits, 0.0)) / 2  # Eq. 1, halved
+    loss_g = g_loss(fake_logits, g_variant)
+    opt_D.zero_grad(set_to_none=True)
+    opt_G.zero_grad(set_to_none=True)
+    loss_d.backward(inputs=list(D.parameters()), retain_graph=True)
+    loss_g.backward(inputs=list(G.parameters()))
+    opt_D.step()
+    opt_G.step()
+    d_x, d_g_z = torch.sigmoid(real_logits).mean(), torch.sigmoid(fake_logits).mean()
+    return torch.stack([loss_d, loss_g, d_x, d_g_z]).detach()
+
+
+def paper_schedule(opt_G, opt_D, args, iteration, epoch):
+    """mnist.yaml's SGD: each rate divided by 1.000004 a step, not below 1e-6 (ExponentialDecay);
+    momentum 0.5 in epoch 1, ramped linearly to 0.7 in epoch 250 (MomentumAdjustor)."""
+    momentum = 0.5 + 0.2 * min(epoch / 249, 1)  # epoch counts from 0
+    for opt, lr in ((opt_G, args.lr), (opt_D, args.lr_d)):
+        opt.param_groups[0].update(lr=max(lr / 1.000004 ** iteration, 1e-6), momentum=momentum)
+
+
+def update_average(G_ema, G, ema, step):
+    """Deviation (ours): pictures and samples come from an exponential moving average of G's
+    weights (Yazici et al. 2019, arXiv:1806.04498v2), which smooths the MLP's step-to-step jitter.
+    After steps 0..t it weighs G's weights of k steps ago by ema^k, from the first step on: the
+    decay 1 - (1 - ema) / (1 - ema^(t + 1)) corrects the bias as Adam does; no initial G in it."""
+    decay = 1 - (1 - ema) / (1 - ema ** (step + 1))
     with torch.no_grad():
         for average, current in zip(G_ema.parameters(), G.parameters()):
             average.lerp_(current, 1 - decay)
@@ -415,11 +507,16 @@ def main(argv=None):
 # ---- this script's run: the loop, its data, samples ----
 
 # Options of one command, never taken from the checkpoint; options that must match it.
-COMMAND_KEYS = ("output_dir", "resume", "dry_run", "generate", "epoch")
-MODEL_KEYS = ("dataset", "nz")
+COMMAND_KEYS = ("output_dir", "resume", "dry_run", "generate", "epoch", "interpolate")
+MODEL_KEYS = ("dataset", "nz", "recipe")
 
 
 def settle(args):
+    """The recipe's defaults where options were left out; checks across options."""
+    for key, value in RECIPES[args.recipe].items():
+        setattr(args, key, value if getattr(args, key) is None else getattr(args, key))
+    if args.recipe == "paper" and (args.d_steps != 1 or args.r1 > 0):
+        fail("--recipe paper updates D and G at once, as the authors' code: no --d-steps, --r1")
     if args.dry_run:
         args.batch_size = min(args.batch_size, 8)
     return args
@@ -429,16 +526,21 @@ def train(args, ckpt):
     device = pick_device(args.device)
     torch.manual_seed(args.seed)
     images = load_images(args).to(device)  # (N, 28, 28) uint8, on the device
+    if args.recipe == "paper":  # the authors' split: 50,000-59,999 validate (Parzen's sigma)
+        images = images[:50_000]
     per_iteration = args.batch_size * args.d_steps
     iterations = len(images) // per_iteration  # per epoch; the last partial batch is dropped
     if iterations == 0:
         fail(f"{len(images)} training images are fewer than --batch-size x --d-steps = "
              f"{per_iteration}")
-    G, D = Generator(args.nz).to(device), Discriminator(dropout=args.dropout).to(device)
+    G, D = (net.to(device) for net in networks(args, images))
     fused = device.type in ("cpu", "cuda")  # one kernel for all of a net's parameters
-    betas = (args.beta1, args.beta2)
-    opt_G = torch.optim.Adam(G.parameters(), lr=args.lr, betas=betas, fused=fused)
-    opt_D = torch.optim.Adam(D.parameters(), lr=args.lr_d, betas=betas, fused=fused)
+    if args.recipe == "paper":  # rates and momentum set by paper_schedule() each step
+        opt_G, opt_D = (torch.optim.SGD(n.parameters(), momentum=0.5, fused=fused) for n in (G, D))
+    else:
+        betas = (args.beta1, args.beta2)
+        opt_G = torch.optim.Adam(G.parameters(), lr=args.lr, betas=betas, fused=fused)
+        opt_D = torch.optim.Adam(D.parameters(), lr=args.lr_d, betas=betas, fused=fused)
     G_ema = copy.deepcopy(G).requires_grad_(False) if args.ema > 0 else G  # what pictures show
     fixed_noise = torch.randn(64, args.nz, device=device)  # the per-epoch grids use these z
     iteration, elapsed = 0, 0.0
@@ -464,10 +566,15 @@ def train(args, ckpt):
                 take = order[step * per_iteration:(step + 1) * per_iteration].view(args.d_steps, -1)
                 batches = [(to_model(images[i]), torch.randn(len(i), args.nz, device=device))
                            for i in take]
-                progress.add(train_step(G, D, opt_G, opt_D, batches, iteration * args.d_steps,
-                                        args.r1, args.r1_every, args.g_loss), per_iteration)
+                if args.recipe == "paper":
+                    paper_schedule(opt_G, opt_D, args, iteration, epoch)
+                    stats = simultaneous_step(G, D, opt_G, opt_D, *batches[0], args.g_loss)
+                else:
+                    stats = train_step(G, D, opt_G, opt_D, batches, iteration * args.d_steps,
+                                       args.r1, args.r1_every, args.g_loss)
+                progress.add(stats, per_iteration)
                 if args.ema > 0:
-                    update_average(G_ema, G, min(args.ema, (1 + iteration) / (30 + iteration)))
+                    update_average(G_ema, G, args.ema, iteration)
                 iteration += 1
                 saving = time.monotonic() - saved_at > 60 * args.checkpoint_every
                 if iteration % log_every == 0 or iteration == last or stop.requested or saving:
@@ -502,36 +609,63 @@ def to_model(images):
     return images.unsqueeze(1).float().div(127.5).sub(1)
 
 
-def load_images(args):
-    """The training images, uint8 (N, 28, 28), through torchvision (which downloads them into
-    --dataroot when they are missing)."""
+def load_images(args, train=True):
+    """The training (or test) images, uint8 (N, 28, 28), through torchvision (which downloads them
+    into --dataroot when they are missing)."""
     from torchvision import datasets
     name = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}[args.dataset]
     try:
-        return getattr(datasets, name)(args.dataroot, train=True, download=True).data
+        return getattr(datasets, name)(args.dataroot, train=train, download=True).data
     except Exception as e:
         fail(f"cannot load {args.dataset} into or from --dataroot {args.dataroot} "
              f"({type(e).__name__}: {(str(e).splitlines() or [''])[0]})")
 
 
-def generate(args, ckpt):
+def sampler(args, ckpt):
+    """The averaged G (G itself with --ema 0) of the checkpoint or of --epoch K, in eval mode."""
     device = pick_device(args.device)
     torch.manual_seed(args.seed)
-    G = Generator(args.nz).to(device)
-    G.load_state_dict((snapshot(args, args.epoch) if args.epoch else ckpt)["G_ema"])  # the average
-    G.eval()
+    G = networks(args)[0].to(device)
+    G.load_state_dict((snapshot(args, args.epoch) if args.epoch else ckpt)["G_ema"])
+    return G.eval().requires_grad_(False), device
+
+
+def generate(args, ckpt):
+    """N samples, then Fig. 2: nearest.png, 32 samples each followed by its nearest training
+    image, and the mean distance to the nearest training image of the samples and of as many test
+    images (held out: the distance a new digit has)."""
+    train_images, test_images = load_images(args), load_images(args, train=False)
+    train_images = train_images[:50_000] if args.recipe == "paper" else train_images
+    G, device = sampler(args, ckpt)
     folder = os.path.join(args.output_dir, "samples")
     os.makedirs(folder, exist_ok=True)
     for old in glob.glob(os.path.join(folder, "[0-9]*.png")):  # an earlier, maybe larger, set
         os.remove(old)
-    with torch.no_grad():
-        for start in range(0, args.generate, 1000):
-            z = torch.randn(min(1000, args.generate - start), args.nz, device=device)
-            save_images(G(z), folder, start)
-    print(f"{SCRIPT}: wrote {args.generate} images to {folder}")
+    samples = []
+    for start in range(0, args.generate, 1000):
+        samples.append(G(torch.randn(min(1000, args.generate - start), args.nz, device=device)))
+        save_images(samples[-1], folder, start)
+    samples, train_images = torch.cat(samples).cpu(), to_model(train_images.cpu())
+    distance, index = nearest(samples, train_images)
+    held_out = nearest(to_model(test_images[:args.generate].cpu()), train_images)[0]
+    pairs = torch.stack([samples[:32], train_images[index[:32]]], 1).flatten(0, 1)  # s, n, s, ...
+    save_grid(pairs, os.path.join(args.output_dir, "nearest.png"))
+    print(f"{SCRIPT}: wrote {args.generate} images to {folder}, and nearest.png; mean L2 distance "
+          f"to the nearest training image: samples {distance.mean():.2f}, {len(held_out):,} test "
+          f"images {held_out.mean():.2f}")
 
 
-MODES = {"generate": generate}  # what main() runs instead of train() when its option is given
+def interpolate(args, ckpt, rows=8, steps=10):
+    """Fig. 3: G along straight lines in z, each row from one random z to another."""
+    G, device = sampler(args, ckpt)
+    ends = torch.randn(2, rows, 1, args.nz, device=device)
+    z = torch.lerp(ends[0], ends[1], torch.linspace(0, 1, steps, device=device)[:, None])
+    save_grid(G(z.view(rows * steps, args.nz)), os.path.join(args.output_dir, "interpolation.png"),
+              nrow=steps)
+    print(f"{SCRIPT}: wrote interpolation.png ({rows} lines of {steps} steps) to {args.output_dir}")
+
+
+MODES = {"generate": generate, "interpolate": interpolate}  # main() runs one instead of train()
 
 if __name__ == "__main__":
     main()

@@ -87,6 +87,14 @@ def plot_log(csv_path, png_path, title=""):
     plt.close(fig)
 
 
+def nearest(samples, images, chunk=500):
+    """(distances, indices): for each of samples (N, ...) its nearest neighbour among images
+    (M, ...) in Euclidean distance, in chunks of samples (a chunk's distances take chunk x M)."""
+    images = images.flatten(1).float()
+    found = [torch.cdist(part.flatten(1).float(), images).min(1) for part in samples.split(chunk)]
+    return torch.cat([f.values for f in found]), torch.cat([f.indices for f in found])
+
+
 def ticking(items, what, total, size=1):
     """Yields items (each `size` of the total) and shows the phase's progress as a training loop
     does: done/total, rate and ETA, at most every 10 s and at the end; under torchrun from each

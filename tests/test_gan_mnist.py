@@ -252,3 +252,137 @@ def test_snapshots_keep_g_and_its_average_per_epoch(run, data):
     assert set(snapshot) == {"script", "epoch", "G", "G_ema"}
     assert run(gm.main, ["--generate", 5, "--epoch", 1, "--dataroot", data, "--output-dir", "d"])[0] == 0
     assert len(os.listdir("d/samples")) == 5
+
+
+# ---- the recipes (#39): ours, the tutorial's, the paper's ----
+
+def test_each_recipe_sets_its_defaults_and_explicit_options_win():
+    ours = gm.get_options(["--output-dir", "a"])[0]
+    assert (ours.batch_size, ours.lr, ours.lr_d, ours.beta1, ours.dropout, ours.r1, ours.ema) == (
+        128, 1e-3, 4e-4, 0.0, 0.1, 10.0, 0.999)
+    tutorial = gm.get_options(["--recipe", "tutorial", "--output-dir", "a"])[0]
+    assert (tutorial.batch_size, tutorial.lr, tutorial.lr_d, tutorial.beta1, tutorial.dropout, tutorial.r1,
+            tutorial.ema) == (64, 2e-4, 2e-4, 0.5, 0.5, 0.0, 0.0)
+    paper = gm.get_options(["--recipe", "paper", "--batch-size", "50", "--output-dir", "a"])[0]
+    assert (paper.batch_size, paper.lr, paper.lr_d, paper.dropout, paper.r1, paper.ema) == (50, 0.1, 0.1, 0.5, 0, 0)
+    G, D = gm.networks(tutorial)
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in G.modules())
+    assert [m.p for m in D.modules() if isinstance(m, torch.nn.Dropout)] == [0.5] * 3
+    G, D = gm.networks(ours)
+    assert sum(isinstance(m, torch.nn.BatchNorm1d) for m in G.modules()) == 3
+
+
+def test_the_papers_networks_as_mnist_yaml():
+    """G 100-1200-1200-784, rectifiers then sigmoid pixels whose biases are the logits of the pixel means;
+    weights in U(-0.05, 0.05) (G) and U(-0.005, 0.005) (D); D's maxout takes the largest of 5 pieces per unit
+    and sees pixels in [0, 1]; dropout 0.2 on its input, 0.5 on its hidden units."""
+    torch.manual_seed(0)
+    images = torch.zeros(4, 28, 28, dtype=torch.uint8)
+    images[:2, 0, 0] = 255  # pixel 0: mean 0.5 -> logit 0; pixel 1: mean 0 -> logit(1e-7)
+    G = gm.PaperGenerator(pixel_mean=images.flatten(1).float().mean(0) / 255)
+    assert [layer.weight.shape for layer in G.net[::2]] == [(1200, 100), (1200, 1200), (784, 1200)]
+    assert all(layer.weight.abs().max() <= 0.05 for layer in G.net[::2])
+    assert G.net[4].bias[0] == 0 and G.net[4].bias[1].item() == pytest.approx(math.log(1e-7 / (1 - 1e-7)), rel=1e-4)
+    assert G(torch.randn(3, 100)).shape == (3, 1, 28, 28)
+    with torch.no_grad():  # all weights 0: the pixels are sigmoid(bias), made [-1, 1]
+        for layer in G.net[::2]:
+            layer.weight.zero_()
+        assert G(torch.randn(1, 100))[0, 0, 0, 0] == 0  # sigmoid(0) = 0.5 -> 0
+    D = gm.PaperDiscriminator().eval()
+    assert all(layer.weight.abs().max() <= 0.005 for layer in (D.h0, D.h1, D.y))
+    assert (D.drop_input.p, D.drop.p, D.h0.out_features, D.h1.in_features) == (0.2, 0.5, 1200, 240)
+    h = torch.arange(10.0).view(1, 10) * torch.tensor([[1.0] * 5 + [-1.0] * 5])  # pieces 0..4 and -5..-9
+    D.units = 2
+    assert D.maxout(h).tolist() == [[4.0, -5.0]]
+    D.units = 240
+    with torch.no_grad():
+        D.h0.weight.zero_()
+        D.h0.weight[0, 0] = 1.0  # unit 0, piece 0 reads pixel 0
+        D.h0.bias.fill_(-100)
+        D.h0.bias[0] = 0
+    x = torch.full((1, 1, 28, 28), -1.0)
+    x[0, 0, 0, 0] = 1.0  # white: 1 in [0, 1]
+    assert D.maxout(D.h0(x.flatten(1).add(1).div(2)))[0, 0] == 1.0
+
+
+def test_paper_schedule_decays_the_rate_each_step_and_ramps_the_momentum_by_epoch():
+    args = gm.get_options(["--recipe", "paper", "--output-dir", "a"])[0]
+    nets = [torch.nn.Linear(1, 1), torch.nn.Linear(1, 1)]
+    opt_G, opt_D = (torch.optim.SGD(n.parameters(), lr=1.0, momentum=0.0) for n in nets)
+    gm.paper_schedule(opt_G, opt_D, args, 0, 0)
+    assert opt_G.param_groups[0]["lr"] == 0.1 and opt_D.param_groups[0]["momentum"] == 0.5
+    gm.paper_schedule(opt_G, opt_D, args, 100_000, 1)
+    assert opt_D.param_groups[0]["lr"] == pytest.approx(0.1 / 1.000004 ** 100_000)  # 0.067
+    assert opt_G.param_groups[0]["momentum"] == pytest.approx(0.5 + 0.2 / 249)
+    gm.paper_schedule(opt_G, opt_D, args, 10_000_000, 249)
+    assert opt_G.param_groups[0]["lr"] == 1e-6 and opt_G.param_groups[0]["momentum"] == pytest.approx(0.7)
+    gm.paper_schedule(opt_G, opt_D, args, 0, 400)
+    assert opt_G.param_groups[0]["momentum"] == pytest.approx(0.7)
+
+
+def test_simultaneous_step_takes_both_gradients_from_one_pass():
+    """Both players step from the weights before the step: D on (BCE(D(x), 1) + BCE(D(G(z)), 0)) / 2, G on
+    BCE(D(G(z)), 1) through the D of before its update (Algorithm 1 would use the updated D)."""
+    torch.manual_seed(0)
+    G, D = gm.PaperGenerator(nz=4, pixel_mean=torch.full((784,), 0.3)), gm.PaperDiscriminator(dropout=0.0)
+    D.drop_input.p = 0.0
+    x, z = torch.rand(6, 1, 28, 28) * 2 - 1, torch.randn(6, 4)
+    G0, D0 = [p.detach().clone() for p in G.parameters()], [p.detach().clone() for p in D.parameters()]
+    loss_d = (gm.d_loss(D(x), 1.0) + gm.d_loss(D(G(z).detach()), 0.0)) / 2
+    grads_d = torch.autograd.grad(loss_d, list(D.parameters()))
+    grads_g = torch.autograd.grad(gm.g_loss(D(G(z))), list(G.parameters()))
+    opt_G, opt_D = (torch.optim.SGD(n.parameters(), lr=0.1, momentum=0.5) for n in (G, D))
+    stats = gm.simultaneous_step(G, D, opt_G, opt_D, x, z)
+    assert stats[0] == pytest.approx(loss_d.item(), rel=1e-6)
+    for before, grad, after in zip(D0 + G0, grads_d + grads_g, list(D.parameters()) + list(G.parameters())):
+        assert torch.allclose(after, before - 0.1 * grad, atol=1e-7)
+
+
+def test_the_paper_recipe_trains_on_the_first_50000_images_resumes_exactly_and_refuses_k(run, data, monkeypatch):
+    assert run(gm.main, small(data, "whole", "--recipe", "paper", "--epochs", 2))[0] == 0
+    real_step, calls = gm.simultaneous_step, []
+
+    def step_then_sigterm(*a):
+        calls.append(1)
+        if len(calls) == 3:
+            signal.raise_signal(signal.SIGTERM)
+        return real_step(*a)
+    monkeypatch.setattr(gm, "simultaneous_step", step_then_sigterm)
+    assert run(gm.main, small(data, "split", "--recipe", "paper", "--epochs", 2))[0] == 130
+    monkeypatch.setattr(gm, "simultaneous_step", real_step)
+    assert run(gm.main, ["--resume", "--output-dir", "split"])[0] == 0
+    whole, split = weights("whole"), weights("split")
+    assert all(torch.equal(whole[k], split[k]) for k in whole) and "net.4.bias" in whole
+    assert "--recipe paper, not ours" in one_line_error(run, ["--resume", "--recipe", "ours", "--output-dir", "split"])
+    assert "no --d-steps" in one_line_error(run, small(data, "k", "--recipe", "paper", "--d-steps", 2))
+    assert "no --d-steps" in one_line_error(run, small(data, "k", "--recipe", "paper", "--r1", 1))
+    one_line_error(run, small(data, "k", "--recipe", "goodfellow"))
+    monkeypatch.setattr(gm, "load_images", lambda args, train=True: torch.zeros(50_008, 28, 28, dtype=torch.uint8))
+    code, out, _ = run(gm.main, small(data, "fifty", "--recipe", "paper", "--dry-run"))
+    assert code == 0 and "50000 images" in out
+
+
+def test_the_average_weighs_g_of_k_steps_ago_by_ema_to_the_k_from_the_first_step():
+    G, G_ema = torch.nn.Linear(1, 1, bias=False), torch.nn.Linear(1, 1, bias=False)
+    history = [3.0, -1.0, 2.0, 5.0]
+    for t, w in enumerate(history):
+        G.weight.data.fill_(w)
+        gm.update_average(G_ema, G, 0.9, t)
+    shares = [0.9 ** (len(history) - 1 - t) for t in range(len(history))]
+    expected = sum(s * w for s, w in zip(shares, history)) / sum(shares)
+    assert G_ema.weight.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_generate_draws_nearest_png_and_interpolate_walks_straight_lines(run, data, monkeypatch):
+    assert run(gm.main, ["--dry-run", "--dataroot", data, "--output-dir", "d"])[0] == 0
+    code, out, _ = run(gm.main, ["--generate", 40, "--output-dir", "d"])
+    assert code == 0 and "samples" in out and "10 test images" in out
+    assert iio.imread("d/nearest.png").shape[:2] == (8 * 30 + 2, 8 * 30 + 2)  # 32 pairs, 8 a row
+    seen = []
+    real_forward = gm.Generator.forward
+    monkeypatch.setattr(gm.Generator, "forward", lambda self, z: seen.append(z) or real_forward(self, z))
+    assert run(gm.main, ["--interpolate", "--output-dir", "d"])[0] == 0
+    z = seen[0].view(8, 10, -1)
+    steps = z[:, 1:] - z[:, :-1]
+    assert torch.allclose(steps, steps[:, :1].expand_as(steps), atol=1e-5)  # equal steps: a straight line
+    assert iio.imread("d/interpolation.png").shape[:2] == (8 * 30 + 2, 10 * 30 + 2)

@@ -38,3 +38,14 @@ def test_ticking_shows_done_total_rate_and_eta_at_most_every_10_s_and_at_the_end
     monkeypatch.setenv("LOCAL_RANK", "1")  # under torchrun, each machine's first process alone
     assert list(utils.ticking(batches(), "decoded", 2000, 100)) == list(range(1, 21))
     assert capsys.readouterr().out == ""
+
+
+def test_nearest_finds_a_planted_duplicate_among_the_images():
+    torch.manual_seed(0)
+    images = torch.rand(300, 1, 28, 28) * 2 - 1
+    samples = torch.rand(7, 1, 28, 28) * 2 - 1
+    samples[4] = images[123]
+    distance, index = utils.nearest(samples, images, chunk=3)
+    assert index[4] == 123 and distance[4] == pytest.approx(0, abs=1e-3)
+    brute = torch.cdist(samples.flatten(1), images.flatten(1))
+    assert torch.equal(index, brute.argmin(1)) and torch.allclose(distance, brute.min(1).values, atol=1e-4)
