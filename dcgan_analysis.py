@@ -6,6 +6,7 @@ Generative Adversarial Networks", arXiv:1511.06434v2 (2016). Beside dcgan.py as 
 generate.lua and arithmetic.lua beside main.lua: each sub-command reads RUN/checkpoint.pt (and the
 z bank RUN/samples/z.pt that `dcgan.py --generate N` keeps), writes into RUN and exits.
   index        index.png: the z bank's first 256 samples, numbered, to pick exemplars from
+  nearest      4.1: each sample's nearest training image, and the mean distance: nearest.png
   classify     5.1-5.2: a linear L2-SVM on D's features, D's as initialised, pixels: classify.json
   visualize-d  6.2, Fig. 5: guided backpropagation of D's last block: d_features.png
   forget       6.3.1, Fig. 6: drop the maps of G that draw what boxes mark: forget.png
@@ -19,6 +20,7 @@ Deviations (each also stated where it happens):
 
 Run:  python dcgan.py --generate 256 --output-dir RUN
       python dcgan_analysis.py index --output-dir RUN
+      python dcgan_analysis.py nearest --output-dir RUN [--dataroot DIR]
       python dcgan_analysis.py classify --output-dir RUN [--labels 1000 --draws 3 --dataroot DIR]
       python dcgan_analysis.py visualize-d --output-dir RUN [--dataroot DIR]
       python dcgan_analysis.py forget BOXES.json --output-dir RUN
@@ -38,6 +40,7 @@ import torch.nn.functional as F
 
 import dcgan
 from dcgan import fail
+import utils
 from utils import save_grid, tile, to_uint8
 
 
@@ -59,6 +62,7 @@ def build_parser():
             c.add_argument("--workers", type=dcgan.number(int, 0), help="decoding processes")
         return c
     command("index", "index.png: the z bank's first 256 samples, numbered")
+    command("nearest", "4.1: the z bank's samples beside their nearest training images", data=True)
     c = command("classify", "5.1: a linear L2-SVM on D's features", data=True)
     c.add_argument("--labels", type=dcgan.number(int, 1), default=1000,
                    help="labelled training images, as many per class (paper: 1,000)")
@@ -123,6 +127,32 @@ def index(run, ckpt, device, count=256, nrow=16, strip=12):
     print(f"dcgan_analysis: wrote index.png: samples 0 to {len(images) - 1}, numbered")
 
 
+def nearest(run, ckpt, device, shown=32):
+    """Section 4.1 (and the GAN paper's Fig. 2): does G copy its training images? nearest.png: the
+    z bank's first 32 samples, each followed by its nearest training image (Euclidean, pixels at
+    the run's size); and the mean distance to the nearest training image of the z bank's samples
+    and of as many held-out images, which no network saw. Labelled datasets, as classify."""
+    G, bank = generator(run, ckpt, device).eval(), z_bank(run)
+    train, _, test, _ = labelled(run)
+    samples = torch.cat([dcgan.sample(G, z.to(device)).cpu() for z in bank.split(256)])
+    held_out = torch.cat([x.cpu() for x in images(run, test, torch.arange(min(len(bank),
+                                                                             len(test))), device)])
+    points = torch.cat([samples, held_out])
+    best, found, start = torch.full((len(points),), math.inf), torch.zeros(len(points)), 0
+    for batch in images(run, train, torch.arange(len(train)), device):
+        distance, which = utils.nearest(points, batch.cpu())
+        closer = distance < best
+        best[closer], found[closer] = distance[closer], (which + start)[closer].float()
+        start += len(batch)
+    shown = min(shown, len(samples))
+    neighbours = torch.cat(list(images(run, train, found[:shown].long(), device))).cpu()
+    pairs = torch.stack([samples[:shown], neighbours], 1).flatten(0, 1)  # sample, its neighbour
+    save_grid(pairs, os.path.join(run.output_dir, "nearest.png"))
+    print(f"dcgan_analysis: wrote nearest.png; mean L2 distance to the nearest training image: "
+          f"{len(samples):,} samples {best[:len(samples)].mean():.2f}, {len(held_out):,} held-out "
+          f"images {best[len(samples):].mean():.2f}")
+
+
 # ---- D's features ----
 
 class GuidedLeakyReLU(torch.autograd.Function):
@@ -182,8 +212,8 @@ def labelled(run):
     if run.dataset in ("mnist", "fashion-mnist", "cifar10"):
         return (*dcgan.labelled(run), *dcgan.labelled(run, train=False))
     if run.dataset not in ("folder", "imagenet"):
-        fail(f"classify needs labels, and {run.dataset} has none here: use mnist, fashion-mnist, "
-             "cifar10, or folder/imagenet with one sub-folder per class")
+        fail(f"{run.command} needs labels, and {run.dataset} has none here: use mnist, "
+             "fashion-mnist, cifar10, or folder/imagenet with one sub-folder per class")
     from torch.utils.data import Subset
     data = dcgan.load_data(run, None).dataset
     if len(data.classes) < 2:
@@ -424,8 +454,8 @@ def arithmetic(run, ckpt, device, radius=0.25 * math.sqrt(3)):
           "8 neighbours; pixels (each term's mean image, their arithmetic)")
 
 
-COMMANDS = {"index": index, "classify": classify, "visualize-d": visualize_d, "forget": forget,
-            "arithmetic": arithmetic}
+COMMANDS = {"index": index, "nearest": nearest, "classify": classify, "visualize-d": visualize_d,
+            "forget": forget, "arithmetic": arithmetic}
 
 if __name__ == "__main__":
     main()

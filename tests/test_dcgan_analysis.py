@@ -135,7 +135,8 @@ def test_bad_input_is_one_line_and_writes_nothing(run, tiny_run, argv, expect):
 def test_sub_commands_without_what_they_need(run):
     assert "no checkpoint" in one_line_error(run, ["visualize-d", "--output-dir", "none"])
     assert run(dcgan.main, ["--dataset", "fake", "--dry-run", "--output-dir", "d", "--image-size", 32])[0] == 0
-    assert "needs labels" in one_line_error(run, ["classify", "--output-dir", "d"])
+    assert "classify needs labels" in one_line_error(run, ["classify", "--output-dir", "d"])
+    assert "--generate N first" in one_line_error(run, ["nearest", "--output-dir", "d"])
     assert "--generate N first" in one_line_error(run, ["arithmetic", "1 - 2", "--output-dir", "d"])
     assert "--generate N first" in one_line_error(run, ["index", "--output-dir", "d"])
 
@@ -151,3 +152,26 @@ def test_classify_a_folder_of_classes_and_refuse_one_class(run, tmp_path):
     assert run(dcgan.main, ["--dataset", "folder", "--batch-size", 8, "--epochs", 1, "--output-dir", "e",
                             "--dataroot", one] + base[2:])[0] == 0
     assert "holds one class" in one_line_error(run, ["classify", "--output-dir", "e", "--dataroot", one])
+
+
+def test_nearest_finds_a_planted_copy_of_a_sample(run, tiny_run, monkeypatch):
+    """Training image 57 is sample 3 of the z bank (rounded to uint8): nearest names it, at a distance of the
+    rounding alone, and draws 20 pairs; the mean distances of the samples and the held-out images are said."""
+    G = analysis.generator(dcgan.get_options(["--generate", "1", "--output-dir", "d"])[0],
+                           torch.load("d/checkpoint.pt", weights_only=True), torch.device("cpu"))
+    bank = torch.load("d/samples/z.pt", weights_only=True)["z"]
+    copy = torch.as_tensor(utils.to_uint8(dcgan.sample(G, bank[3:4]))).permute(0, 3, 1, 2)  # (1, 1, 32, 32)
+    train = torch.randint(0, 256, (300, 1, 32, 32), dtype=torch.uint8)
+    train[57] = copy[0]
+    test = torch.randint(0, 256, (8, 1, 32, 32), dtype=torch.uint8)
+    monkeypatch.setattr(analysis, "labelled", lambda run: (train, None, test, None))
+    seen = []
+    real_nearest = utils.nearest
+    monkeypatch.setattr(utils, "nearest", lambda *a: seen.append(real_nearest(*a)) or seen[-1])
+    code, out, err = run(analysis.main, ["nearest", "--output-dir", "d"])
+    assert code == 0, err
+    distance, which = (torch.stack([s[i] for s in seen]) for i in (0, 1))  # (batches, 28 points)
+    best = distance.argmin(0)
+    assert best[3] * 256 + which[best[3], 3] == 57 and distance[:, 3].min() < 0.2  # others: ~18
+    assert "20 samples" in out and "8 held-out images" in out
+    assert iio.imread("d/nearest.png").shape[:2] == (5 * 34 + 2, 8 * 34 + 2)  # 40 images, 8 a row
