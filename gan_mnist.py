@@ -274,7 +274,8 @@ def simultaneous_step(G, D, opt_G, opt_D, x, z, g_variant="non-saturating"):
 
 def paper_schedule(opt_G, opt_D, args, iteration, epoch):
     """mnist.yaml's SGD: each rate divided by 1.000004 a step, not below 1e-6 (ExponentialDecay);
-    momentum 0.5 in epoch 1, ramped linearly to 0.7 in epoch 250 (MomentumAdjustor)."""
+    momentum 0.5 in epoch 1, ramped linearly to 0.7 in epoch 250 (MomentumAdjustor). pylearn2 puts
+    each step's rate into the velocity, torch applies it to the velocity: 4 ppm a step apart."""
     momentum = 0.5 + 0.2 * min(epoch / 249, 1)  # epoch counts from 0
     for opt, lr in ((opt_G, args.lr), (opt_D, args.lr_d)):
         opt.param_groups[0].update(lr=max(lr / 1.000004 ** iteration, 1e-6), momentum=momentum)
