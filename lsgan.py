@@ -372,7 +372,7 @@ def get_options(argv):
         ckpt = load(path, "checkpoint")
         saved = {k: v for k, v in ckpt["args"].items() if k not in COMMAND_KEYS}
         args = parser.parse_args(argv, argparse.Namespace(**saved))
-        for key in MODEL_KEYS:
+        for key in [k for k in MODEL_KEYS if k in saved]:  # one the run predates: its default
             if getattr(args, key) != saved[key]:
                 fail(f"{path} was trained with --{key.replace('_', '-')} {saved[key]}, not "
                      f"{getattr(args, key)}")

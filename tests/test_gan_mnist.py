@@ -386,3 +386,13 @@ def test_generate_draws_nearest_png_and_interpolate_walks_straight_lines(run, da
     steps = z[:, 1:] - z[:, :-1]
     assert torch.allclose(steps, steps[:, :1].expand_as(steps), atol=1e-5)  # equal steps: a straight line
     assert iio.imread("d/interpolation.png").shape[:2] == (8 * 30 + 2, 10 * 30 + 2)
+
+
+def test_a_checkpoint_from_before_the_recipes_resumes_as_ours(run, data):
+    assert run(gm.main, small(data, "d", "--epochs", 1))[0] == 0
+    ckpt = torch.load("d/checkpoint.pt", weights_only=True)
+    del ckpt["args"]["recipe"]
+    torch.save(ckpt, "d/checkpoint.pt")
+    code, out, err = run(gm.main, ["--resume", "--epochs", 2, "--output-dir", "d"])
+    assert code == 0, err
+    assert "'recipe': 'ours'" in out
