@@ -1,6 +1,7 @@
 """Shared test fixtures: run a script's main(argv) in-process, in a fresh temporary directory."""
 import contextlib
 import os
+import signal
 import sys
 
 import pytest
@@ -128,6 +129,19 @@ class DdpLikeD(torch.nn.Module):
         out = self.module(x)
         out.register_hook(lambda grad: self.say("backward"))
         return out
+
+
+def signalled_at(step, n, signum):
+    """step, but its n-th call first sends this process signum, as Ctrl-C (SIGINT) or a scheduler
+    (SIGTERM) would in the middle of a step."""
+    calls = []
+
+    def signalled(*args):
+        calls.append(1)
+        if len(calls) == n:
+            signal.raise_signal(signum)
+        return step(*args)
+    return signalled
 
 
 def dies_at(step, n):

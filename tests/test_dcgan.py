@@ -20,7 +20,7 @@ import torchvision
 
 import dcgan
 import lsgan
-from conftest import DdpLikeD, ROOT, dies_at, make_cifar10, make_image_folder, make_lsun, make_mnist
+from conftest import DdpLikeD, ROOT, dies_at, make_cifar10, make_image_folder, make_lsun, make_mnist, signalled_at
 
 HEADER = "epoch,iteration,loss_d,loss_g,d_x,d_g_z,samples_per_s,elapsed_s"
 
@@ -212,15 +212,8 @@ def test_interrupted_mid_epoch_and_resumed_by_the_printed_command_equals_uninter
               "--log-every", 2, "--ngf", 8, "--ndf", 8, "--amp"]
     assert run(dcgan.main, common + ["--output-dir", "whole"])[0] == 0
 
-    real_step, calls = dcgan.train_step, []
-
-    def step_then_sigterm(*a):
-        calls.append(1)
-        if len(calls) == 4:
-            signal.raise_signal(signal.SIGTERM)
-        return real_step(*a)
-
-    monkeypatch.setattr(dcgan, "train_step", step_then_sigterm)
+    real_step = dcgan.train_step
+    monkeypatch.setattr(dcgan, "train_step", signalled_at(real_step, 4, signal.SIGTERM))
     code, out, _ = run(dcgan.main, common + ["--output-dir", "split"])
     assert code == 130 and torch.load("split/checkpoint.pt", weights_only=True)["iteration"] == 4
     printed = shlex.split(out.split("Resume with:\n")[1])

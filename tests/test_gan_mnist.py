@@ -10,7 +10,7 @@ import torch
 import torchvision
 
 import gan_mnist as gm
-from conftest import dies_at, make_mnist
+from conftest import dies_at, make_mnist, signalled_at
 
 HEADER = "epoch,iteration,loss_d,loss_g,d_x,d_g_z,samples_per_s,elapsed_s"
 
@@ -93,15 +93,8 @@ def test_interrupted_mid_epoch_and_resumed_equals_uninterrupted(run, data, monke
     common = ["--epochs", 2, *extra]
     assert run(gm.main, small(data, "whole", *common))[0] == 0
 
-    real_step, calls = gm.train_step, []
-
-    def step_then_sigterm(*a):
-        calls.append(1)
-        if len(calls) == 3:
-            signal.raise_signal(signal.SIGTERM)
-        return real_step(*a)
-
-    monkeypatch.setattr(gm, "train_step", step_then_sigterm)
+    real_step = gm.train_step
+    monkeypatch.setattr(gm, "train_step", signalled_at(real_step, 3, signal.SIGTERM))
     code, out, _ = run(gm.main, small(data, "split", *common))
     assert code == 130 and torch.load("split/checkpoint.pt", weights_only=True)["iteration"] == 3
     monkeypatch.setattr(gm, "train_step", real_step)
@@ -340,14 +333,8 @@ def test_simultaneous_step_takes_both_gradients_from_one_pass():
 
 def test_the_paper_recipe_trains_on_the_first_50000_images_resumes_exactly_and_refuses_k(run, data, monkeypatch):
     assert run(gm.main, small(data, "whole", "--recipe", "paper", "--epochs", 2))[0] == 0
-    real_step, calls = gm.simultaneous_step, []
-
-    def step_then_sigterm(*a):
-        calls.append(1)
-        if len(calls) == 3:
-            signal.raise_signal(signal.SIGTERM)
-        return real_step(*a)
-    monkeypatch.setattr(gm, "simultaneous_step", step_then_sigterm)
+    real_step = gm.simultaneous_step
+    monkeypatch.setattr(gm, "simultaneous_step", signalled_at(real_step, 3, signal.SIGTERM))
     assert run(gm.main, small(data, "split", "--recipe", "paper", "--epochs", 2))[0] == 130
     monkeypatch.setattr(gm, "simultaneous_step", real_step)
     assert run(gm.main, ["--resume", "--output-dir", "split"])[0] == 0

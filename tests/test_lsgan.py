@@ -13,7 +13,7 @@ import torch.nn as nn
 import torchvision
 
 import lsgan
-from conftest import DdpLikeD, dies_at, make_cifar10, make_image_folder, make_lsun, make_mnist
+from conftest import DdpLikeD, dies_at, make_cifar10, make_image_folder, make_lsun, make_mnist, signalled_at
 
 
 def one_line_error(run, argv):
@@ -152,15 +152,8 @@ def test_mixture_interrupted_and_resumed_equals_uninterrupted(run, short_mixture
     common = ["--dataset", "mixture8", "--batch-size", 8, "--epochs", 2, "--log-every", 3]
     assert run(lsgan.main, common + ["--output-dir", "whole"])[0] == 0
     step = "simultaneous_step"
-    real_step, calls = getattr(lsgan, step), []
-
-    def step_then_sigint(*a):
-        calls.append(1)
-        if len(calls) == 5:
-            signal.raise_signal(signal.SIGINT)
-        return real_step(*a)
-
-    monkeypatch.setattr(lsgan, step, step_then_sigint)
+    real_step = getattr(lsgan, step)
+    monkeypatch.setattr(lsgan, step, signalled_at(real_step, 5, signal.SIGINT))
     code, out, _ = run(lsgan.main, common + ["--output-dir", "split"])
     assert code == 130 and "--resume" in out
     monkeypatch.setattr(lsgan, step, real_step)
