@@ -56,24 +56,24 @@ def build_parser(p):
                    "torchvision downloads there when the files are missing")
     g = p.add_argument_group("model")
     g.add_argument("--recipe", choices=list(RECIPES), default="ours",
-                   help="the networks and the defaults marked R (RECIPES): ours, the tutorial's, "
-                   "or the paper's (the authors' mnist.yaml)")
+                   help="the networks, and the defaults of the options that name it (RECIPES): "
+                   "ours, the tutorial's, or the paper's (the authors' mnist.yaml)")
     g.add_argument("--nz", type=number(int, 1), default=100, help="size of z")
-    g.add_argument("--dropout", type=number(float, 0, 1), help="R: on D's hidden units")
+    g.add_argument("--dropout", type=number(float, 0, 1), **by_recipe("dropout", "in D's hidden"))
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=number(int, 1), default=10, help="passes over the training set")
-    g.add_argument("--batch-size", type=number(int, 1), help="R: per D-step")
-    g.add_argument("--lr", type=number(float, 0), help="R: G's rate (Adam's; the paper's SGD's)")
-    g.add_argument("--lr-d", type=number(float, 0), help="R: D's rate")
-    g.add_argument("--beta1", type=number(float, 0, 1), help="R: Adam's beta1")
+    g.add_argument("--batch-size", type=number(int, 1), **by_recipe("batch_size", "per D-step"))
+    g.add_argument("--lr", type=number(float, 0), **by_recipe("lr", "G's rate (Adam's or SGD's)"))
+    g.add_argument("--lr-d", type=number(float, 0), **by_recipe("lr_d", "D's rate"))
+    g.add_argument("--beta1", type=number(float, 0, 1), **by_recipe("beta1", "Adam's beta1"))
     g.add_argument("--beta2", type=number(float, 0, 1), default=0.999, help="Adam's beta2")
     g.add_argument("--d-steps", type=number(int, 1), default=1, help="D-steps per G-step: k")
     g.add_argument("--g-loss", choices=["non-saturating", "minimax"], default="non-saturating",
                    help="G ascends log D(G(z)) (section 3) or descends log(1 - D(G(z))) (Eq. 1)")
-    g.add_argument("--r1", type=number(float, 0), help="R: R1 weight (0: off)")
+    g.add_argument("--r1", type=number(float, 0), **by_recipe("r1", "R1 weight (0: off)"))
     g.add_argument("--r1-every", type=number(int, 1), default=4, help="R1 every N D-steps, times N")
-    g.add_argument("--ema", type=number(float, 0, 1), help="R: pictures and samples from an "
-                   "average of G's weights, k steps ago weighed EMA^k (0: G itself)")
+    g.add_argument("--ema", type=number(float, 0, 1), **by_recipe("ema", "pictures and samples "
+                   "from an average of G's weights, k steps ago weighed EMA^k (0: G itself)"))
     g = p.add_argument_group("run")
     g.add_argument("--output-dir", default=os.path.join("output", SCRIPT))
     g.add_argument("--seed", type=int, default=1, help="seeds torch")
@@ -103,6 +103,12 @@ RECIPES = {"ours": dict(batch_size=128, lr=1e-3, lr_d=4e-4, beta1=0.0, dropout=0
            "tutorial": dict(batch_size=64, lr=2e-4, lr_d=2e-4, beta1=0.5, dropout=0.5, r1=0.0,
                             ema=0.0),
            "paper": dict(batch_size=100, lr=0.1, lr_d=0.1, beta1=0.0, dropout=0.5, r1=0.0, ema=0.0)}
+
+
+def by_recipe(key, help):
+    """An option that --recipe sets unless it is given (settle() does): its help says each value."""
+    values = ", ".join(f"{name} {recipe[key]}" for name, recipe in RECIPES.items())
+    return {"default": argparse.SUPPRESS, "help": f"{help} (default: {values})"}
 
 
 # ---- the models ----
@@ -515,7 +521,7 @@ MODEL_KEYS = ("dataset", "nz", "recipe")
 def settle(args):
     """The recipe's defaults where options were left out; checks across options."""
     for key, value in RECIPES[args.recipe].items():
-        setattr(args, key, value if getattr(args, key) is None else getattr(args, key))
+        setattr(args, key, getattr(args, key, value))
     if args.recipe == "paper" and (args.d_steps != 1 or args.r1 > 0):
         fail("--recipe paper updates D and G at once, as the authors' code: no --d-steps, --r1")
     if args.dry_run:
