@@ -158,7 +158,8 @@ class PaperGenerator(nn.Module):
             nn.init.uniform_(layer.weight, -0.05, 0.05)
             nn.init.zeros_(layer.bias)
         if pixel_mean is not None:  # pylearn2's init_sigmoid_bias_from_marginals
-            self.net[4].bias.data.copy_(torch.logit(pixel_mean.clamp(1e-7, 1 - 1e-7)))
+            with torch.no_grad():
+                self.net[4].bias.copy_(torch.logit(pixel_mean.clamp(1e-7, 1 - 1e-7)))
 
     def forward(self, z):  # pixels in [-1, 1] outside, as the other recipes' images
         return self.net(z).mul(2).sub(1).view(-1, 1, self.image_size, self.image_size)
@@ -270,7 +271,7 @@ def simultaneous_step(G, D, opt_G, opt_D, x, z, g_variant="non-saturating"):
     loss_g = g_loss(fake_logits, g_variant)
     opt_D.zero_grad(set_to_none=True)
     opt_G.zero_grad(set_to_none=True)
-    loss_d.backward(inputs=list(D.parameters()), retain_graph=True)
+    loss_d.backward(inputs=list(D.parameters()), retain_graph=True)  # loss_g shares the pass
     loss_g.backward(inputs=list(G.parameters()))
     opt_D.step()
     opt_G.step()
@@ -533,8 +534,6 @@ def train(args, ckpt):
     device = pick_device(args.device)
     torch.manual_seed(args.seed)
     images = load_images(args).to(device)  # (N, 28, 28) uint8, on the device
-    if args.recipe == "paper":  # the authors' split: 50,000-59,999 validate (Parzen's sigma)
-        images = images[:50_000]
     per_iteration = args.batch_size * args.d_steps
     iterations = len(images) // per_iteration  # per epoch; the last partial batch is dropped
     if iterations == 0:
@@ -617,15 +616,17 @@ def to_model(images):
 
 
 def load_images(args, train=True):
-    """The training (or test) images, uint8 (N, 28, 28), through torchvision (which downloads them
-    into --dataroot when they are missing)."""
+    """The training images (--recipe paper: the authors' first 50,000; 50,000-59,999 validate,
+    Parzen's sigma) or the test images, uint8 (N, 28, 28), through torchvision (which downloads
+    them into --dataroot when they are missing)."""
     from torchvision import datasets
     name = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}[args.dataset]
     try:
-        return getattr(datasets, name)(args.dataroot, train=train, download=True).data
+        images = getattr(datasets, name)(args.dataroot, train=train, download=True).data
     except Exception as e:
         fail(f"cannot load {args.dataset} into or from --dataroot {args.dataroot} "
              f"({type(e).__name__}: {(str(e).splitlines() or [''])[0]})")
+    return images[:50_000] if train and args.recipe == "paper" else images
 
 
 def sampler(args, ckpt):
@@ -642,7 +643,6 @@ def generate(args, ckpt):
     image, and the mean distance to the nearest training image of the samples and of as many test
     images (held out: the distance a new digit has)."""
     train_images, test_images = load_images(args), load_images(args, train=False)
-    train_images = train_images[:50_000] if args.recipe == "paper" else train_images
     G, device = sampler(args, ckpt)
     folder = os.path.join(args.output_dir, "samples")
     os.makedirs(folder, exist_ok=True)
@@ -652,9 +652,9 @@ def generate(args, ckpt):
     for start in range(0, args.generate, 1000):
         samples.append(G(torch.randn(min(1000, args.generate - start), args.nz, device=device)))
         save_images(samples[-1], folder, start)
-    samples, train_images = torch.cat(samples).cpu(), to_model(train_images.cpu())
+    samples, train_images = torch.cat(samples).cpu(), to_model(train_images)  # on the CPU
     distance, index = nearest(samples, train_images)
-    held_out = nearest(to_model(test_images[:args.generate].cpu()), train_images)[0]
+    held_out = nearest(to_model(test_images[:args.generate]), train_images)[0]
     pairs = torch.stack([samples[:32], train_images[index[:32]]], 1).flatten(0, 1)  # s, n, s, ...
     save_grid(pairs, os.path.join(args.output_dir, "nearest.png"))
     print(f"{SCRIPT}: wrote {args.generate} images to {folder}, and nearest.png; mean L2 distance "

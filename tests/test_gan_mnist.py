@@ -344,7 +344,11 @@ def test_the_paper_recipe_trains_on_the_first_50000_images_resumes_exactly_and_r
     assert "no --d-steps" in one_line_error(run, small(data, "k", "--recipe", "paper", "--d-steps", 2))
     assert "no --d-steps" in one_line_error(run, small(data, "k", "--recipe", "paper", "--r1", 1))
     one_line_error(run, small(data, "k", "--recipe", "goodfellow"))
-    monkeypatch.setattr(gm, "load_images", lambda args, train=True: torch.zeros(50_008, 28, 28, dtype=torch.uint8))
+
+    class Mnist50008(torchvision.datasets.MNIST):  # 50,008 training images, 10 test images
+        def __init__(self, root, train, download):
+            self.data = torch.zeros(50_008 if train else 10, 28, 28, dtype=torch.uint8)
+    monkeypatch.setattr(torchvision.datasets, "MNIST", Mnist50008)
     code, out, _ = run(gm.main, small(data, "fifty", "--recipe", "paper", "--dry-run"))
     assert code == 0 and "50000 images" in out
 
