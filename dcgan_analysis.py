@@ -138,14 +138,15 @@ def nearest(run, ckpt, device, shown=32):
     held_out = torch.cat([x.cpu() for x in images(run, test, torch.arange(min(len(bank),
                                                                              len(test))), device)])
     points = torch.cat([samples, held_out])
-    best, found, start = torch.full((len(points),), math.inf), torch.zeros(len(points)), 0
+    best, start = torch.full((len(points),), math.inf), 0
+    found = torch.zeros(len(points), dtype=torch.long)  # the index of each point's nearest
     for batch in images(run, train, torch.arange(len(train)), device):
         distance, which = utils.nearest(points, batch.cpu())
         closer = distance < best
-        best[closer], found[closer] = distance[closer], (which + start)[closer].float()
+        best[closer], found[closer] = distance[closer], (which + start)[closer]
         start += len(batch)
     shown = min(shown, len(samples))
-    neighbours = torch.cat(list(images(run, train, found[:shown].long(), device))).cpu()
+    neighbours = torch.cat(list(images(run, train, found[:shown], device))).cpu()
     pairs = torch.stack([samples[:shown], neighbours], 1).flatten(0, 1)  # sample, its neighbour
     save_grid(pairs, os.path.join(run.output_dir, "nearest.png"))
     print(f"dcgan_analysis: wrote nearest.png; mean L2 distance to the nearest training image: "
