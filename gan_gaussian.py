@@ -36,7 +36,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from utils import plot_log, save_gif
+from utils import plot_log, pyplot, save_gif
 
 SCRIPT = "gan_gaussian"
 
@@ -278,9 +278,7 @@ def ks_distance(x, mean, std):
 def write_pictures(x, args, rows, frames, edges):
     """log.csv and loss.png; histogram.png (target density vs samples); progress.gif (a frame per
     log line)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     out = args.output_dir
     with open(os.path.join(out, "log.csv"), "w", newline="") as f:
         csv.writer(f).writerows([["epoch", "iteration", "loss_d", "loss_g", "d_x", "d_g_z",

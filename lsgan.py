@@ -51,7 +51,8 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from utils import plot_log, save_gif, save_grid, save_images, ticking, tile, to_uint8
+from utils import (plot_log, pyplot, save_figure, save_gif, save_grid, save_images, ticking, tile,
+                   to_uint8)
 
 SCRIPT = "lsgan"
 DATASETS = ["cifar10", "lsun", "mnist", "fashion-mnist", "celeba", "folder", "imagenet", "lfw",
@@ -95,6 +96,9 @@ def build_parser(p):
     g.add_argument("--ndf", type=number(int, 1), default=64, help="dcgan: D's channels, 1st block")
     g.add_argument("--score-std", type=number(float, 0), help="std of D's initial score layer "
                    "[0.002 for --loss ls on --arch dcgan, a deviation; else 0.02, as DCGAN]")
+    g.add_argument("--orthogonal", choices=["qr", "tf"], default="qr", help="mixture8's initial "
+                   "weights: torch's (QR of a normal matrix) or TF 0.12's (the authors', SVD of "
+                   "a U[0, 1) matrix)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=number(int, 1), help="passes over the data [5; mixture: 35 "
                    "of 1,000 steps, the authors']")
@@ -1036,19 +1040,33 @@ class LsunLmdb:
 # others; ours are 8 equal modes, the paper's "mixture of 8 Gaussians". A mode is covered when >= 1%
 # of 10,000 samples lie within 3 sigma of its centre.
 MIXTURE_EPOCH = 512_000  # points per "epoch" (1,000 batches of 512)
+VIEW_EVERY = 5_000  # the authors' figure: 10 batches of 512 after steps 1, 5,001, ..., 30,001
 RADIUS, SIGMA = 1.0, 0.01
+
+
+def tf_orthogonal_(weight, gain=1.4):
+    """TensorFlow 0.12's orthogonal_initializer, the authors' (--orthogonal tf): TF keeps a layer's
+    weights as (inputs, outputs), takes the SVD of a U[0, 1) matrix of that shape and keeps the
+    factor of that shape, U when tall, V^T else. The entries' mean of 0.5 makes the top singular
+    vector nearly constant: one direction of every layer is fixed, where torch's QR of a normal
+    matrix is uniform over the orthogonal matrices. Signs are LAPACK's (TF's may differ)."""
+    rows, cols = weight.shape[1], weight.shape[0]
+    u, _, vh = torch.linalg.svd(torch.rand(rows, cols), full_matrices=False)
+    with torch.no_grad():
+        return weight.copy_(gain * (u if rows > cols else vh).T)
 
 
 class MLP(nn.Module):
     """G: z (256) -> a 2-D point; D: a point -> one raw score."""
 
-    def __init__(self, inputs, outputs, hidden=128):
+    def __init__(self, inputs, outputs, hidden=128, orthogonal="qr"):
         super().__init__()
         self.net = nn.Sequential(nn.Linear(inputs, hidden), nn.Tanh(),      # (N, 128)
                                  nn.Linear(hidden, hidden), nn.Tanh(),      # (N, 128)
                                  nn.Linear(hidden, outputs))                # (N, outputs)
+        init = tf_orthogonal_ if orthogonal == "tf" else nn.init.orthogonal_
         for layer in self.net[::2]:  # the authors' slim layers: orthogonal_initializer(gain=1.4)
-            nn.init.orthogonal_(layer.weight, gain=1.4)
+            init(layer.weight, gain=1.4)
             nn.init.zeros_(layer.bias)
 
     def forward(self, x):
@@ -1101,24 +1119,42 @@ def simultaneous_step(G, D, opt_G, opt_D, x, z, targets=(0.0, 1.0, 1.0), loss="l
     return torch.stack([loss_d, loss_g, d_x, d_g_z]).detach()
 
 
-def scatter(points, path, title):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    points, centres = points.detach().float().cpu().numpy(), mixture_centres().numpy()
-    fig, ax = plt.subplots(figsize=(4, 4))
+def scatter_on(ax, points, title):
+    points, centres = np.asarray(points), mixture_centres().numpy()
     ax.scatter(points[:, 0], points[:, 1], s=2, alpha=0.4, color="tab:blue")
     ax.scatter(centres[:, 0], centres[:, 1], s=30, marker="x", color="tab:red")
     ax.set(xlim=(-1.5, 1.5), ylim=(-1.5, 1.5), aspect="equal", title=title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+
+
+def scatter(points, path, title):
+    fig, ax = pyplot().subplots(figsize=(4, 4))
+    scatter_on(ax, points.detach().float().cpu(), title)
+    save_figure(fig, path, dpi=80)
+
+
+def views_figure(views, path):
+    """A column per (title, points (N, 2)) of views. Top, the authors' figure (ls.py): seaborn's
+    kdeplot, here scipy's Gaussian KDE with Scott's bandwidth (~17 sigma on this ring), 30 filled
+    levels over [-4, 4]^2, no centres; below, our scatter of the same points, centres marked (x)."""
+    from scipy.stats import gaussian_kde
+    xx, yy = np.meshgrid(np.linspace(-4, 4, 100), np.linspace(-4, 4, 100))
+    fig, axes = pyplot().subplots(2, len(views), figsize=(2.2 * len(views), 4.6), squeeze=False)
+    for (title, points), top, bottom in zip(views, *axes):
+        try:
+            density = gaussian_kde(points.T)(np.stack([xx.ravel(), yy.ravel()]))
+            top.contourf(xx, yy, density.reshape(xx.shape), levels=30, cmap="Greens")
+        except np.linalg.LinAlgError:  # every point on one line: no 2-D density
+            top.text(0, 0, "degenerate", ha="center")
+        top.set(xlim=(-4, 4), ylim=(-4, 4), aspect="equal", title=title, xticks=[], yticks=[])
+        scatter_on(bottom, points, "")
+    save_figure(fig, path, dpi=80)
 
 
 def train_mixture(args, ckpt):
     device = pick_device(args.device)
     torch.manual_seed(args.seed)
-    G, D = MLP(args.nz, 2).to(device), MLP(2, 1).to(device)
+    G = MLP(args.nz, 2, orthogonal=args.orthogonal).to(device)
+    D = MLP(2, 1, orthogonal=args.orthogonal).to(device)
     fused, betas = device.type in ("cpu", "cuda"), (args.beta1, args.beta2)
     opt_G = torch.optim.Adam(G.parameters(), lr=args.lr, betas=betas, fused=fused)
     opt_D = torch.optim.Adam(D.parameters(), lr=args.lr_d, betas=betas, fused=fused)
@@ -1129,7 +1165,7 @@ def train_mixture(args, ckpt):
         fixed_noise, iteration = ckpt["fixed_noise"].to(device), ckpt["iteration"]
         elapsed = ckpt["elapsed_s"]
     out, total = args.output_dir, args.epochs * iterations
-    os.makedirs(out, exist_ok=True)
+    os.makedirs(os.path.join(out, "views"), exist_ok=True)
     scatter(mixture_points(2000, "cpu", torch.Generator().manual_seed(0)),
             os.path.join(out, "real.png"), "real data")
     progress = Progress(os.path.join(out, "log.csv"), total, iteration, elapsed)
@@ -1145,6 +1181,11 @@ def train_mixture(args, ckpt):
             progress.add(stats, args.batch_size)
             iteration += 1
             epoch, step = (iteration - 1) // iterations + 1, (iteration - 1) % iterations + 1
+            if iteration % VIEW_EVERY in (0, 1):  # fresh z, the same at every resume
+                z = torch.randn(10_000, args.nz, device=device,
+                                generator=torch.Generator(device).manual_seed(iteration))
+                np.save(os.path.join(out, "views", f"step_{iteration:05d}.npy"),
+                        sample(G, z).cpu().numpy())
             saving = time.monotonic() - saved_at > 60 * args.checkpoint_every
             if iteration % args.log_every == 0 or iteration == last or stop.requested or saving:
                 progress.line(epoch, iteration, f"[epoch {epoch}/{args.epochs}][iter {step}/"
@@ -1164,9 +1205,17 @@ def train_mixture(args, ckpt):
                 stop.exit(args, f"iteration {iteration}")
     save_gif(sorted(glob.glob(os.path.join(out, "epoch_*.png"))), os.path.join(out, "progress.gif"))
     plot_log(os.path.join(out, "log.csv"), os.path.join(out, "loss.png"), f"{SCRIPT} mixture8")
-    scores = mixture_scores(sample(G, torch.randn(10_000, args.nz, device=device)))
+    final = sample(G, torch.randn(10_000, args.nz, device=device)).cpu()
+    views = {int(path[-9:-4]): np.load(path)  # views/step_NNNNN.npy
+             for path in sorted(glob.glob(os.path.join(out, "views", "step_*.npy")))}
+    scores = {**mixture_scores(final),
+              "steps": {step: mixture_scores(torch.from_numpy(v)) for step, v in views.items()}}
     with open(os.path.join(out, "metrics.json"), "w") as f:
         json.dump(scores, f)
+    real = mixture_points(10 * 512, "cpu", torch.Generator().manual_seed(0)).numpy()
+    views_figure([(f"step {s}", v[:10 * 512]) for s, v in views.items() if s % VIEW_EVERY == 1]
+                 + [(f"step {iteration}", final[:10 * 512].numpy()), ("real data", real)],
+                 os.path.join(out, "views.png"))
     print(f"{SCRIPT}: mixture8 ({args.loss}): {scores['modes']} of 8 modes covered, "
           f"{scores['share_within_3sigma']:.1%} of samples within 3 sigma of a centre. "
           f"Outputs in {out}")

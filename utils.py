@@ -60,17 +60,27 @@ def save_gif(frames, path, seconds_per_frame=0.5):
                 loop=0)
 
 
+def pyplot():
+    """matplotlib.pyplot, drawing to files only (no window), imported when first needed."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def save_figure(fig, path, dpi=100):
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    pyplot().close(fig)
+
+
 def plot_log(csv_path, png_path, title=""):
     """Plot log.csv: the two losses, and D's mean output on real and generated data, by step."""
-    import matplotlib
-    matplotlib.use("Agg")  # files only, no window
-    import matplotlib.pyplot as plt
-
     with open(csv_path, newline="") as f:
         rows = list(csv.DictReader(f))
     column = {k: [float(r[k]) for r in rows]
               for k in ("iteration", "loss_d", "loss_g", "d_x", "d_g_z")}
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 5.5), sharex=True)
+    fig, (top, bottom) = pyplot().subplots(2, 1, figsize=(7, 5.5), sharex=True)
     top.plot(column["iteration"], column["loss_d"], label="loss_D")
     top.plot(column["iteration"], column["loss_g"], label="loss_G")
     top.set_ylabel("loss")
@@ -82,9 +92,7 @@ def plot_log(csv_path, png_path, title=""):
     for ax in (top, bottom):
         ax.grid(alpha=0.3)
         ax.legend(loc="upper right")
-    fig.tight_layout()
-    fig.savefig(png_path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, png_path)
 
 
 def nearest(samples, images, chunk=500):

@@ -108,6 +108,24 @@ def test_mixture_mlp_starts_orthogonal_with_gain_1_4_as_the_authors():
     assert all(not layer.bias.any() for layer in D.net[::2])
 
 
+@pytest.mark.parametrize("inputs, outputs", [(256, 128), (128, 128), (128, 2), (2, 128), (128, 1)])
+def test_tf_orthogonal_is_tensorflow_0_12s_svd_of_a_uniform_matrix(inputs, outputs):
+    """Every layer of the mixture MLPs: orthogonal with gain 1.4 on the short side of TF's
+    (inputs, outputs) matrix, and the U[0, 1) matrix's mark: its top singular vector is positive
+    (Perron-Frobenius) up to a sign, where a column of torch's QR has one sign with odds 2^-127."""
+    torch.manual_seed(0)
+    weight = lsgan.tf_orthogonal_(torch.empty(outputs, inputs), gain=1.4)   # torch's (out, in)
+    assert weight.shape == (outputs, inputs)
+    tf = weight.T.double()                                                  # TF's (in, out)
+    short = tf.T @ tf if inputs >= outputs else tf @ tf.T
+    assert torch.allclose(short, 1.96 * torch.eye(min(inputs, outputs), dtype=torch.double), atol=1e-5)
+    assert torch.linalg.matrix_norm(weight, ord=2) == pytest.approx(1.4, rel=1e-5)
+    top = tf[:, 0] if inputs > outputs else tf[0]  # the top singular vector, times 1.4
+    assert (top > 0).all() or (top < 0).all()
+    score = lsgan.MLP(2, 1, orthogonal="tf").net[4].weight  # D's last layer: one column, one sign
+    assert (score > 0).all() or (score < 0).all()
+
+
 def test_simultaneous_step_takes_both_gradients_before_either_update():
     torch.manual_seed(0)
     G, D = lsgan.MLP(4, 2), lsgan.MLP(2, 1)
@@ -128,6 +146,7 @@ def test_simultaneous_step_takes_both_gradients_before_either_update():
 @pytest.fixture
 def short_mixture(monkeypatch):
     monkeypatch.setattr(lsgan, "MIXTURE_EPOCH", 64)  # 8 iterations of 8 points per epoch
+    monkeypatch.setattr(lsgan, "VIEW_EVERY", 5)
 
 
 @pytest.mark.parametrize("loss", ["ls", "bce"])
@@ -136,11 +155,12 @@ def test_mixture_run_writes_scatter_plots_and_metrics(run, short_mixture, loss):
                                       "--output-dir", "m"])
     assert code == 0, err
     for name in ("real.png", "epoch_001.png", "epoch_002.png", "progress.gif", "loss.png", "log.csv",
-                 "snapshots/epoch_001.pt", "snapshots/epoch_002.pt"):
+                 "snapshots/epoch_001.pt", "snapshots/epoch_002.pt", "views.png", "views/step_00006.npy"):
         assert os.path.getsize(os.path.join("m", name)) > 0, name
     with open("m/metrics.json") as f:
         metrics = json.load(f)
     assert 0 <= metrics["modes"] <= 8 and 0 <= metrics["share_within_3sigma"] <= 1
+    assert list(metrics["steps"]) == ["1", "5", "6", "10", "11", "15", "16"]  # the views, VIEW_EVERY 5
     assert "modes covered" in out
     assert run(lsgan.main, ["--generate", 300, "--output-dir", "m"])[0] == 0
     assert np.load("m/samples.npy").shape == (300, 2)
