@@ -19,7 +19,7 @@ Deviations (each also stated where it happens):
   - --arch dcgan --loss ls: D's score layer starts from N(0, 0.002), not N(0, 0.02) (--score-std);
   - z ~ N(0, I) (the authors' code: U(-1, 1)); Eq. 2's expectations are batch means (the
     authors' tf.nn.l2_loss sums over the batch: a scale that Adam largely divides out);
-  - mixture8: 8 equal modes (the authors' sampler gives one of them twice the weight);
+  - mixture8: 8 equal modes (the authors' weigh one twice); torch's orthogonal init (--orthogonal);
   - the rest is dcgan.py's (data, devices, speed options, torchrun, LSUN not de-duplicated; for
     --loss bce, the stop of a run that D wins outright and --label-smoothing).
 
@@ -1035,10 +1035,10 @@ class LsunLmdb:
 # 8 Gaussians of sigma 0.01 on a circle of radius 1; G and D MLPs of two hidden layers of 128 tanh
 # units, orthogonal weights with gain 1.4 and zero biases; z of 256; batch 512; Adam (beta1 0.5) at
 # 1e-3 for G and 1e-4 for D; 35,000 steps in which G and D are updated simultaneously (one TF graph:
-# both gradients from the same parameters and samples). Deviation: their sampler puts 9 components
-# at linspace(0, 2 pi, 9), so 0 and 2 pi coincide and one of the 8 modes has twice the weight of the
-# others; ours are 8 equal modes, the paper's "mixture of 8 Gaussians". A mode is covered when >= 1%
-# of 10,000 samples lie within 3 sigma of its centre.
+# both gradients from the same parameters and samples). Deviations: their sampler puts 9 components
+# at linspace(0, 2 pi, 9), so 0 and 2 pi coincide and one mode weighs twice the others; ours are 8
+# equal modes, the paper's "mixture of 8 Gaussians". Torch's orthogonal weights, not TF 0.12's
+# (--orthogonal tf): 10 seeds of each gave the same outcome (README). Covered: >= 1% within 3 sigma.
 MIXTURE_EPOCH = 512_000  # points per "epoch" (1,000 batches of 512)
 VIEW_EVERY = 5_000  # the authors' figure: 10 batches of 512 after steps 1, 5,001, ..., 30,001
 RADIUS, SIGMA = 1.0, 0.01
