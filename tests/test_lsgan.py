@@ -126,6 +126,13 @@ def test_tf_orthogonal_is_tensorflow_0_12s_svd_of_a_uniform_matrix(inputs, outpu
     assert (score > 0).all() or (score < 0).all()
 
 
+def test_views_figure_draws_a_collapsed_run_without_a_density(tmp_path):
+    """A run collapsed onto one point has no 2-D density: its panel says so, the figure is written."""
+    ring = lsgan.mixture_points(512, "cpu", torch.Generator().manual_seed(0)).numpy()
+    lsgan.views_figure([("ring", ring), ("one point", np.ones((512, 2), np.float32))], tmp_path / "v.png")
+    assert os.path.getsize(tmp_path / "v.png") > 0
+
+
 def test_simultaneous_step_takes_both_gradients_before_either_update():
     torch.manual_seed(0)
     G, D = lsgan.MLP(4, 2), lsgan.MLP(2, 1)
